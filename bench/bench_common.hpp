@@ -1,0 +1,75 @@
+// bench/bench_common.hpp: shared pieces of the benchmark programs: the --threads flag, the
+// context (threads, SIMD, CPU) recorded in every JSON output, and the model configurations.
+#pragma once
+
+#include <benchmark/benchmark.h>
+
+#include <cstdlib>
+#include <cstring>
+#include <fstream>
+#include <string>
+
+#include <strata/strata.hpp>
+
+namespace bench {
+
+/// Removes "--threads=N" from argv (before Google Benchmark sees it) and applies it; default 0 =
+/// all cores.
+inline int take_threads_flag(int& argc, char** argv) {
+  int threads = 0;
+  int out = 1;
+  for (int i = 1; i < argc; ++i) {
+    if (std::strncmp(argv[i], "--threads=", 10) == 0)
+      threads = std::atoi(argv[i] + 10);
+    else
+      argv[out++] = argv[i];
+  }
+  argc = out;
+  strata::set_num_threads(threads);
+  return strata::num_threads();
+}
+
+inline std::string cpu_model() {
+  std::ifstream in("/proc/cpuinfo");
+  std::string line;
+  while (std::getline(in, line))
+    if (line.rfind("model name", 0) == 0) return line.substr(line.find(':') + 2);
+  return "unknown";
+}
+
+inline void add_context() {
+  benchmark::AddCustomContext("strata_threads", std::to_string(strata::num_threads()));
+  benchmark::AddCustomContext("eigen_threads", std::to_string(Eigen::nbThreads()));
+  benchmark::AddCustomContext("eigen_simd", Eigen::SimdInstructionSetsInUse());
+  benchmark::AddCustomContext("cpu_model", cpu_model());
+  benchmark::AddCustomContext("strata_version", strata::version);
+}
+
+/// The two reference configurations of ../shared/perf (nanoGPT layout, byte vocabulary).
+struct BenchConfig {
+  const char* name;
+  strata::Index L, NH, C, T, B;
+};
+inline constexpr BenchConfig kTiny{"tiny", 4, 4, 128, 128, 16};
+inline constexpr BenchConfig kSmall{"small", 6, 6, 384, 256, 8};
+
+inline strata::ModelConfig model_config(const BenchConfig& b, strata::AttentionPlan plan) {
+  strata::ModelConfig c;
+  c.n_layer = b.L;
+  c.n_head = b.NH;
+  c.n_embd = b.C;
+  c.context_length = b.T;
+  c.attention = std::move(plan);
+  return c;
+}
+
+/// Training FLOPs per step as ../shared/perf counts them: 6 N tokens + 12 L T C tokens, with N the
+/// non-embedding parameters plus the tied head (V x C).
+inline double train_flops(const strata::ModelConfig& c, strata::Index B, strata::Index T,
+                          strata::Index n_params) {
+  const double N = double(n_params - c.context_length * c.n_embd);  // all but wpe
+  const double tokens = double(B * T);
+  return 6 * N * tokens + 12.0 * double(c.n_layer * T * c.n_embd) * tokens;
+}
+
+}  // namespace bench

@@ -1,0 +1,22 @@
+// strata/kernels/check.hpp: shape validation shared by the public kernels.
+#pragma once
+
+#include "../core/error.hpp"
+#include "../core/types.hpp"
+
+namespace strata::detail {
+
+/// Throws "<fn>: <arg> has shape [r, c], expected [er, ec]" when the shapes differ.
+inline void check_shape(const char* fn, const char* arg, Index rows, Index cols, Index expected_rows,
+                        Index expected_cols) {
+  if (rows != expected_rows || cols != expected_cols)
+    fail(fn, ": ", arg, " has shape [", rows, ", ", cols, "], expected [", expected_rows, ", ",
+         expected_cols, "]");
+}
+
+/// Throws "<fn>: <arg> has size n, expected e" when the sizes differ.
+inline void check_size(const char* fn, const char* arg, Index size, Index expected) {
+  if (size != expected) fail(fn, ": ", arg, " has size ", size, ", expected ", expected);
+}
+
+}  // namespace strata::detail

@@ -1,0 +1,69 @@
+// strata/kernels/linear.hpp: fully connected layer, weights stored as PyTorch's Linear ([out, in]).
+#pragma once
+
+#include "../core/types.hpp"
+#include "check.hpp"
+
+namespace strata {
+
+namespace detail {
+/// The weight must fit the input; then the output (out, or dout in backward) must fit both, so that
+/// the message names the argument that is actually wrong.
+inline void check_linear(const char* fn, Index out_rows, Index out_cols, Index inp_rows,
+                         Index inp_cols, Index w_rows, Index w_cols, const char* out_name = "out") {
+  check_shape(fn, "weight", w_rows, w_cols, w_rows, inp_cols);
+  check_shape(fn, out_name, out_rows, out_cols, inp_rows, w_rows);
+}
+}  // namespace detail
+
+/// out = inp weight^T + bias.  out [N, OC], inp [N, IC], weight [OC, IC], bias [OC].
+template <typename Scalar>
+void linear_forward(MatrixRef<Scalar> out, ConstMatrixRef<Scalar> inp, ConstMatrixRef<Scalar> weight,
+                    ConstVectorRef<Scalar> bias) {
+  detail::check_linear("linear_forward", out.rows(), out.cols(), inp.rows(), inp.cols(),
+                       weight.rows(), weight.cols());
+  detail::check_size("linear_forward", "bias", bias.size(), weight.rows());
+  out.noalias() = inp * weight.transpose();
+  out.rowwise() += bias.transpose();
+}
+
+/// out = inp weight^T (no bias; e.g. the tied language-model head).
+template <typename Scalar>
+void linear_forward(MatrixRef<Scalar> out, ConstMatrixRef<Scalar> inp, ConstMatrixRef<Scalar> weight) {
+  detail::check_linear("linear_forward", out.rows(), out.cols(), inp.rows(), inp.cols(),
+                       weight.rows(), weight.cols());
+  out.noalias() = inp * weight.transpose();
+}
+
+/// Mirror of linear_forward (out = inp weight^T + bias):
+///   dinp += dout weight;  dweight += dout^T inp;  dbias += sum_rows dout.
+/// dinp, inp [N, IC]; dout [N, OC]; dweight, weight [OC, IC]; dbias [OC].
+template <typename Scalar>
+void linear_backward(MatrixRef<Scalar> dinp, MatrixRef<Scalar> dweight, VectorRef<Scalar> dbias,
+                     ConstMatrixRef<Scalar> dout, ConstMatrixRef<Scalar> inp,
+                     ConstMatrixRef<Scalar> weight) {
+  const char* fn = "linear_backward";
+  detail::check_linear(fn, dout.rows(), dout.cols(), inp.rows(), inp.cols(), weight.rows(),
+                       weight.cols(), "dout");
+  detail::check_shape(fn, "dinp", dinp.rows(), dinp.cols(), inp.rows(), inp.cols());
+  detail::check_shape(fn, "dweight", dweight.rows(), dweight.cols(), weight.rows(), weight.cols());
+  detail::check_size(fn, "dbias", dbias.size(), weight.rows());
+  dinp.noalias() += dout * weight;
+  dweight.noalias() += dout.transpose() * inp;
+  dbias.transpose() += dout.colwise().sum();
+}
+
+/// Mirror of the bias-free linear_forward: dinp += dout weight; dweight += dout^T inp.
+template <typename Scalar>
+void linear_backward(MatrixRef<Scalar> dinp, MatrixRef<Scalar> dweight, ConstMatrixRef<Scalar> dout,
+                     ConstMatrixRef<Scalar> inp, ConstMatrixRef<Scalar> weight) {
+  const char* fn = "linear_backward";
+  detail::check_linear(fn, dout.rows(), dout.cols(), inp.rows(), inp.cols(), weight.rows(),
+                       weight.cols(), "dout");
+  detail::check_shape(fn, "dinp", dinp.rows(), dinp.cols(), inp.rows(), inp.cols());
+  detail::check_shape(fn, "dweight", dweight.rows(), dweight.cols(), weight.rows(), weight.cols());
+  dinp.noalias() += dout * weight;
+  dweight.noalias() += dout.transpose() * inp;
+}
+
+}  // namespace strata

@@ -1,0 +1,148 @@
+// strata/train/data.hpp: byte-level tokenizer, a text corpus split into training and validation
+// tokens, and a seeded batch loader whose position can be saved and restored.
+#pragma once
+
+#include <cerrno>
+#include <cstring>
+#include <fstream>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "../core/error.hpp"
+#include "../core/rng.hpp"
+#include "../core/types.hpp"
+
+namespace strata {
+
+/// Bytes are tokens: every UTF-8 text maps to ids 0..255 and back without loss.
+struct ByteTokenizer {
+  static constexpr Index vocab_size = 256;
+  static std::vector<Token> encode(const std::string& text) {
+    std::vector<Token> ids(text.size());
+    for (size_t i = 0; i < text.size(); ++i) ids[i] = static_cast<unsigned char>(text[i]);
+    return ids;
+  }
+  /// Ids outside 0..255 are an error (a model with a larger vocabulary needs its own tokenizer).
+  static std::string decode(const std::vector<Token>& ids) {
+    std::string s(ids.size(), '\0');
+    for (size_t i = 0; i < ids.size(); ++i) {
+      if (ids[i] < 0 || ids[i] > 255)
+        fail("ByteTokenizer::decode: token ", ids[i], " at ", i, " is not a byte (0..255)");
+      s[i] = static_cast<char>(static_cast<unsigned char>(ids[i]));
+    }
+    return s;
+  }
+};
+
+/// A tokenized corpus: the first (1 - val_fraction) of the tokens train, the rest validate.
+struct TextDataset {
+  std::string source;  ///< file name (or "<memory>")
+  std::vector<Token> train;
+  std::vector<Token> val;
+
+  /// Splits `text`; both parts must hold at least seq_len + 1 tokens (one window and its targets).
+  static TextDataset from_text(const std::string& text, double val_fraction, Index seq_len,
+                               const std::string& source = "<memory>") {
+    if (!(val_fraction > 0 && val_fraction < 1))
+      fail("data: validation fraction ", val_fraction, ", expected in (0, 1)");
+    TextDataset d;
+    d.source = source;
+    std::vector<Token> all = ByteTokenizer::encode(text);
+    const Index n = Index(all.size());
+    const Index n_val = Index(double(n) * val_fraction);
+    const Index need = seq_len + 1;
+    if (n - n_val < need || n_val < need)
+      fail("data: '", source, "' has ", n, " bytes; with a validation fraction of ", val_fraction,
+           " each split needs at least ", need, " tokens (sequence length ", seq_len,
+           " + 1), found ", n - n_val, " for training and ", n_val, " for validation");
+    d.train.assign(all.begin(), all.end() - n_val);
+    d.val.assign(all.end() - n_val, all.end());
+    return d;
+  }
+
+  /// Reads a whole UTF-8 (or any byte) file.
+  static TextDataset from_file(const std::string& path, double val_fraction, Index seq_len) {
+    std::ifstream in(path, std::ios::binary);
+    if (!in) fail("data: cannot open '", path, "': ", std::strerror(errno));
+    std::ostringstream ss;
+    ss << in.rdbuf();
+    return from_text(ss.str(), val_fraction, seq_len, path);
+  }
+};
+
+/// Draws training batches: each row is a window of T + 1 consecutive tokens at a uniformly random
+/// offset (inputs = first T, targets = last T). The generator's state and the number of batches
+/// drawn are the loader's whole position, so a resumed run draws exactly the batches an
+/// uninterrupted one would.
+class BatchLoader {
+ public:
+  BatchLoader(const std::vector<Token>& tokens, Index B, Index T, std::uint64_t seed)
+      : tokens_(&tokens), B_(B), T_(T), rng_(seed) {
+    STRATA_CHECK(B >= 1 && T >= 1, "BatchLoader: batch ", B, " and sequence length ", T,
+                 " must both be >= 1");
+    STRATA_CHECK(Index(tokens.size()) >= T + 1, "BatchLoader: ", tokens.size(),
+                 " tokens cannot fill one window of ", T + 1);
+  }
+
+  /// Fills x, y [B, T] with the next batch.
+  void next(TokenMatrix& x, TokenMatrix& y) {
+    x.resize(B_, T_);
+    y.resize(B_, T_);
+    const std::uint64_t span = tokens_->size() - T_;  // valid offsets: 0..size-T-1
+    for (Index b = 0; b < B_; ++b) {
+      const Index off = Index(rng_.below(span));
+      for (Index t = 0; t < T_; ++t) {
+        x(b, t) = (*tokens_)[off + t];
+        y(b, t) = (*tokens_)[off + t + 1];
+      }
+    }
+    ++batches_;
+  }
+
+  Index batches_drawn() const { return batches_; }
+  const Rng::State& rng_state() const { return rng_.state(); }
+  /// Restores a saved position.
+  void restore(const Rng::State& state, Index batches_drawn) {
+    rng_.set_state(state);
+    batches_ = batches_drawn;
+  }
+
+ private:
+  const std::vector<Token>* tokens_;
+  Index B_, T_;
+  Rng rng_;
+  Index batches_ = 0;
+};
+
+/// Mean loss over up to max_batches batches of B non-overlapping windows spread evenly over
+/// `tokens` (the same windows every call, so evaluations are comparable across steps and runs).
+template <typename Model>
+double evaluate(Model& model, const std::vector<Token>& tokens, Index B, Index T, Index max_batches) {
+  const Index windows = (Index(tokens.size()) - 1) / T;
+  STRATA_CHECK(windows >= 1, "evaluate: ", tokens.size(), " tokens cannot fill one window of ",
+               T + 1);
+  Index use = std::min(windows, B * max_batches);
+  if (use >= B) use -= use % B;  // whole batches only: the workspace keeps one shape
+  TokenMatrix x, y;
+  double total = 0;
+  Index count = 0;
+  for (Index first = 0; first < use; first += B) {
+    const Index rows = std::min(B, use - first);
+    x.resize(rows, T);
+    y.resize(rows, T);
+    for (Index r = 0; r < rows; ++r) {
+      // window i of `use` starts at i * windows / use * T: evenly spread, non-overlapping
+      const Index off = ((first + r) * windows / use) * T;
+      for (Index t = 0; t < T; ++t) {
+        x(r, t) = tokens[off + t];
+        y(r, t) = tokens[off + t + 1];
+      }
+    }
+    total += double(model.loss(x, y)) * double(rows);
+    count += rows;
+  }
+  return total / double(count);
+}
+
+}  // namespace strata
