@@ -275,6 +275,31 @@ TEST(VariantReference, ShortcutDepthMassIsADistribution) {
       EXPECT_NEAR(ref.depth_mass.row(r).sum(), 1.0, 1e-12);
       EXPECT_GT(ref.depth_mass.row(r).minCoeff(), 0.0);
     }
+    // The library's map: same depths in the same order, same masses, rows summing to 1.
+    EXPECT_EQ(model.shortcut_depths(), J);
+    const Matrix<double> mass = model.attention_mass(tokens, 3);
+    EXPECT_LT(rel_max_diff(mass, ref.depth_mass), 1e-12);
+    for (Index r = 0; r < mass.rows(); ++r) EXPECT_NEAR(mass.row(r).sum(), 1.0, 1e-12);
+  }
+}
+
+TEST(VariantReference, AttentionMassInFloatSumsToOne) {
+  GPT<float> model(make_config(with_plan(kBase, AttentionPlan::shortcut({}, 0, true), "")));
+  Rng rng(206);
+  const TokenMatrix tokens = random_tokens(kBase.B, kBase.T, kBase.V, rng);
+  const Matrix<float> mass = model.attention_mass(tokens, 3);
+  ASSERT_EQ(mass.cols(), 4);  // embeddings and depths 1, 2, 3
+  for (Index r = 0; r < mass.rows(); ++r) EXPECT_NEAR(mass.row(r).sum(), 1.0f, 1e-5f);
+  EXPECT_THROW(model.attention_mass(tokens, 4), strata::Error);
+  try {
+    GPT<float> concat(make_config(
+        with_plan(kBase, AttentionPlan::skip_layer(1, 2, strata::SkipMode::concat), "")));
+    concat.attention_mass(tokens, 3);
+    ADD_FAILURE() << "expected strata::Error";
+  } catch (const strata::Error& e) {
+    EXPECT_STREQ(e.what(),
+                 "GPT::attention_mass: the heads of layer 3 have different numbers of sources "
+                 "(head 0 has 2, head 2 has 1)");
   }
 }
 

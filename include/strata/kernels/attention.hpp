@@ -195,14 +195,16 @@ struct SelfSource {
 };
 
 /// Query row r of the tile sits at position diag + r relative to the key tile and sees key
-/// columns j <= diag + r; the others become -inf (exp gives 0, the running max ignores them).
+/// columns j <= diag + r; the others are set to `value`: -inf before the running max (which then
+/// ignores them), and 0 again after the exp, because Eigen's vectorised exp clamps its argument and
+/// returns about 1e-38 (float) for -inf, which would leak a little mass through the mask.
 template <typename S>
-void causal_mask(ScoreTile<S>& scores, Index diag) {
+void causal_mask(ScoreTile<S>& scores, Index diag, S value) {
   const Index tk = scores.cols();
   if (diag >= tk - 1) return;  // the whole tile is visible
   for (Index r = 0; r < scores.rows(); ++r) {
     const Index first = std::max<Index>(0, diag + r + 1);
-    if (first < tk) scores.row(r).tail(tk - first).setConstant(-std::numeric_limits<S>::infinity());
+    if (first < tk) scores.row(r).tail(tk - first).setConstant(value);
   }
 }
 
@@ -235,21 +237,23 @@ void attention_forward_pair(S* out, Index out_stride, S* lse, Index lse_stride, 
         // scaled operand would make Eigen copy a one-row Q to the heap)
         P.resize(tq, tk);
         P.noalias() = Q * K.transpose();
-        causal_mask(P, q_pos + t0 - k0);
+        causal_mask(P, q_pos + t0 - k0, -std::numeric_limits<S>::infinity());
         // online softmax. Key 0 of the first source is visible to every row, so m_new is finite
         // from the first tile on and exp never sees -inf - (-inf).
         m_new = m.cwiseMax(c * P.rowwise().maxCoeff());
         alpha = (m - m_new).array().exp();
-        P.array() = ((c * P.array()).colwise() - m_new.array()).exp();
+        // (row by row: a row-major tile broadcast with colwise() would not vectorise the exp)
+        for (Index r = 0; r < tq; ++r) P.row(r).array() = (c * P.row(r).array() - m_new(r)).exp();
+        causal_mask(P, q_pos + t0 - k0, S(0));
         l = alpha.cwiseProduct(l) + P.rowwise().sum();
-        O.array().colwise() *= alpha.array();
+        for (Index r = 0; r < tq; ++r) O.row(r) *= alpha(r);
         O.noalias() += P * V;
         m = m_new;
       }
     }
     // out_t = O_t / l_t, lse_t = m_t + log l_t
     auto Out = rows_map(out + t0 * out_stride, tq, hs, out_stride);
-    Out.array() = O.array().colwise() / l.array();
+    for (Index r = 0; r < tq; ++r) Out.row(r) = O.row(r) / l(r);
     for (Index r = 0; r < tq; ++r) lse[(t0 + r) * lse_stride] = m(r) + std::log(l(r));
   }
 }
@@ -286,14 +290,16 @@ void attention_backward_pair(S* dq, Index dq_stride, const S* dout, Index dout_s
         // recompute P = exp(c q_t . K[tau] - lse_t), 0 where masked
         P.resize(tq, tk);
         P.noalias() = Q * K.transpose();
-        causal_mask(P, q_pos + t0 - k0);
-        P.array() = ((c * P.array()).colwise() - L.array()).exp();
+        causal_mask(P, q_pos + t0 - k0, -std::numeric_limits<S>::infinity());
+        for (Index r = 0; r < tq; ++r) P.row(r).array() = (c * P.row(r).array() - L(r)).exp();
+        causal_mask(P, q_pos + t0 - k0, S(0));
         // forward: out_t = sum_tau P(t, tau) V[tau]
         dV.noalias() += P.transpose() * dO;
         dS.resize(tq, tk);
         dS.noalias() = dO * V.transpose();  // dP(t, tau) = dout_t . V[tau]
         // forward: P = softmax(score), so dscore = P * (dP - D); times c for score = c * q . K
-        dS.array() = c * P.array() * (dS.array().colwise() - D.array());
+        for (Index r = 0; r < tq; ++r)
+          dS.row(r).array() = c * P.row(r).array() * (dS.row(r).array() - D(r));
         dQ.noalias() += dS * K;
         dK.noalias() += dS.transpose() * Q;
       }
@@ -325,8 +331,10 @@ void attention_source_mass_pair(S* mass, Index mass_stride, Index S_max, const S
           // mass(t, s) = sum_tau exp(c q_t . K_s[tau] - lse_t)
           P.resize(tq, tk);
           P.noalias() = Q * K.transpose();
-          causal_mask(P, q_pos + t0 - k0);
-          sum += ((c * P.array()).colwise() - L.array()).exp().matrix().rowwise().sum();
+          causal_mask(P, q_pos + t0 - k0, -std::numeric_limits<S>::infinity());
+          for (Index r = 0; r < tq; ++r) P.row(r).array() = (c * P.row(r).array() - L(r)).exp();
+          causal_mask(P, q_pos + t0 - k0, S(0));
+          sum += P.rowwise().sum();
         }
       }
       for (Index r = 0; r < tq; ++r) mass[(t0 + r) * mass_stride + i] = sum(r);

@@ -144,6 +144,37 @@ class GPT {
     return loss;
   }
 
+  /// Where the attention of block `layer` goes, per source: mass(b*T + t, s) is the softmax
+  /// probability that query t puts on source s of its head (summed over that source's keys),
+  /// averaged over heads; each row sums to 1. Sources are numbered as in plan_table()[layer][h], so
+  /// for a shortcut plan's final block, column j is depth shortcut_depths()[j]. Every head of the
+  /// block must have the same number of sources. tokens [B, T].
+  Matrix<Scalar> attention_mass(ConstTokensRef tokens, Index layer) {
+    const char* fn = "GPT::attention_mass";
+    if (layer < 0 || layer >= cfg_.n_layer)
+      fail(fn, ": layer ", layer, " is out of range, expected 0..", cfg_.n_layer - 1);
+    const Index NH = cfg_.n_head, S = Index(table_[layer][0].size());
+    for (Index h = 1; h < NH; ++h)
+      if (Index(table_[layer][h].size()) != S)
+        fail(fn, ": the heads of layer ", layer, " have different numbers of sources (head 0 has ",
+             S, ", head ", h, " has ", table_[layer][h].size(), ")");
+    forward(tokens);
+    const LayerActs& a = train_.layers[layer];
+    Matrix<Scalar> per_head(a.qkv.rows(), NH * S);
+    attention_source_mass(per_head, a.qkv.leftCols(cfg_.n_embd), a.lse, train_.sources[layer],
+                          train_.B, 0);
+    Matrix<Scalar> mass = Matrix<Scalar>::Zero(per_head.rows(), S);
+    for (Index h = 0; h < NH; ++h) mass += per_head.middleCols(h * S, S);
+    return mass / Scalar(NH);
+  }
+
+  /// The residual-stream depths the final block attends over, in source order (shortcut plans;
+  /// for other plans, {n_layer - 1}: the final block's own input).
+  std::vector<int> shortcut_depths() const {
+    if (cfg_.attention.kind() != AttentionPlan::Kind::shortcut) return {int(cfg_.n_layer) - 1};
+    return cfg_.attention.resolved_depths(int(cfg_.n_layer));
+  }
+
   /// An empty cache for `batch` sequences of up to context_length positions.
   KVCache<Scalar> make_cache(Index batch = 1) const {
     STRATA_CHECK(batch >= 1, "GPT::make_cache: batch ", batch, ", expected >= 1");
