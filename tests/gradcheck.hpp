@@ -42,6 +42,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <functional>
 #include <limits>
 #include <string>
@@ -209,6 +210,22 @@ inline TokenMatrix random_tokens(Index B, Index T, Index V, Rng& rng) {
     for (Index t = 0; t < T; ++t)
       tokens(b, t) = static_cast<Token>(rng.below(static_cast<std::uint64_t>(V)));
   return tokens;
+}
+
+/// Bit-for-bit equality of two dense Eigen objects of one scalar type (matrices, vectors, maps or
+/// blocks): same shape and the same bits in every coefficient (so -0 != 0, and NaN == NaN when the
+/// payloads match). For the "exactly equal" checks: causality, degenerate plans, resume.
+template <typename A, typename B>
+bool bit_equal(const Eigen::DenseBase<A>& a, const Eigen::DenseBase<B>& b) {
+  using S = typename A::Scalar;
+  static_assert(std::is_same<S, typename B::Scalar>::value, "bit_equal compares one scalar type");
+  if (a.rows() != b.rows() || a.cols() != b.cols()) return false;
+  for (Index i = 0; i < a.rows(); ++i)
+    for (Index j = 0; j < a.cols(); ++j) {
+      const S x = a(i, j), y = b(i, j);
+      if (std::memcmp(&x, &y, sizeof(S)) != 0) return false;
+    }
+  return true;
 }
 
 }  // namespace strata::testing

@@ -25,6 +25,8 @@
 
 #include "strata/strata.hpp"
 
+#include "gradcheck.hpp"
+
 namespace {
 
 namespace fs = std::filesystem;
@@ -67,16 +69,7 @@ void parse_only(const std::string& text) {
   (void)j;
 }
 
-// Bit-for-bit equality of two dense Eigen objects (matrices, vectors or maps of them).
-template <typename A, typename B>
-bool same_bits(const Eigen::DenseBase<A>& a, const Eigen::DenseBase<B>& b) {
-  using Scalar = typename A::Scalar;
-  static_assert(std::is_same_v<Scalar, typename B::Scalar>, "same_bits compares equal types");
-  const A& x = a.derived();
-  const B& y = b.derived();
-  return x.rows() == y.rows() && x.cols() == y.cols()
-      && std::memcmp(x.data(), y.data(), sizeof(Scalar) * static_cast<size_t>(x.size())) == 0;
-}
+using strata::testing::bit_equal;
 
 std::string read_raw(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
@@ -274,8 +267,8 @@ TEST_F(Checkpoint, RoundTripEveryPlan) {
     EXPECT_EQ(strata::io::config_to_json(lc), strata::io::config_to_json(cfg));
     EXPECT_TRUE(loaded->plan_table() == model.plan_table());
     EXPECT_EQ(loaded->layout().total_size(), model.layout().total_size());
-    EXPECT_TRUE(same_bits(loaded->parameters(), model.parameters()));
-    EXPECT_TRUE(same_bits(strata::Matrix<float>(loaded->forward(x)),
+    EXPECT_TRUE(bit_equal(loaded->parameters(), model.parameters()));
+    EXPECT_TRUE(bit_equal(strata::Matrix<float>(loaded->forward(x)),
                           strata::Matrix<float>(model.forward(x))));
 
     // Loading into an existing model of the same configuration (another seed) gives the same.
@@ -283,7 +276,7 @@ TEST_F(Checkpoint, RoundTripEveryPlan) {
     other.seed = 12345;
     GPT<float> again(other);
     strata::load_checkpoint(path, again);
-    EXPECT_TRUE(same_bits(again.parameters(), model.parameters()));
+    EXPECT_TRUE(bit_equal(again.parameters(), model.parameters()));
   }
 }
 
@@ -312,7 +305,7 @@ TEST_F(Checkpoint, FloatLoadsIntoDoubleAndBack) {
   const std::string path = file("float.safetensors");
   strata::save_checkpoint(path, f);
   const auto d = strata::load_model<double>(path);
-  EXPECT_TRUE(same_bits(d->parameters(), Vector<double>(f.parameters().cast<double>())));
+  EXPECT_TRUE(bit_equal(d->parameters(), Vector<double>(f.parameters().cast<double>())));
   const TokenMatrix x = some_tokens(2, 16, 50);
   const strata::Matrix<double> ld = d->forward(x);
   const strata::Matrix<float> lf = f.forward(x);
@@ -325,7 +318,7 @@ TEST_F(Checkpoint, FloatLoadsIntoDoubleAndBack) {
   strata::save_checkpoint(dpath, dm);
   EXPECT_EQ(SafetensorsFile::read(dpath).dtype("transformer.wte.weight"), DType::F64);
   const auto back = strata::load_model<float>(dpath);
-  EXPECT_TRUE(same_bits(back->parameters(), Vector<float>(dm.parameters().cast<float>())));
+  EXPECT_TRUE(bit_equal(back->parameters(), Vector<float>(dm.parameters().cast<float>())));
 }
 
 // ---- the file format of SPEC §3
@@ -709,9 +702,9 @@ TEST_F(Checkpoint, FailedSaveLeavesTheOldFile) {
                 + ": No such file or directory");
 
   // The old checkpoint still loads; a successful save then replaces it.
-  EXPECT_TRUE(same_bits(strata::load_model<float>(path)->parameters(), old_model.parameters()));
+  EXPECT_TRUE(bit_equal(strata::load_model<float>(path)->parameters(), old_model.parameters()));
   strata::save_checkpoint(path, new_model);
-  EXPECT_TRUE(same_bits(strata::load_model<float>(path)->parameters(), new_model.parameters()));
+  EXPECT_TRUE(bit_equal(strata::load_model<float>(path)->parameters(), new_model.parameters()));
   EXPECT_EQ(listing(), (std::vector<std::string>{"model.safetensors", "taken.safetensors"}));
 }
 
@@ -759,9 +752,9 @@ TEST_F(Checkpoint, TrainingCheckpointRoundTrip) {
   GPT<float> model2(other);
   strata::AdamW<float> opt2(model2);
   const strata::TrainState got = strata::load_training_checkpoint(path, model2, opt2);
-  EXPECT_TRUE(same_bits(model2.parameters(), model.parameters()));
-  EXPECT_TRUE(same_bits(opt2.m(), opt.m()));
-  EXPECT_TRUE(same_bits(opt2.v(), opt.v()));
+  EXPECT_TRUE(bit_equal(model2.parameters(), model.parameters()));
+  EXPECT_TRUE(bit_equal(opt2.m(), opt.m()));
+  EXPECT_TRUE(bit_equal(opt2.v(), opt.v()));
   EXPECT_GT(opt2.v().maxCoeff(), 0.0f);
   EXPECT_EQ(opt2.step_count(), 3);
   EXPECT_EQ(got.step, 3);
@@ -771,18 +764,18 @@ TEST_F(Checkpoint, TrainingCheckpointRoundTrip) {
   EXPECT_EQ(strata::TrainOptions::from_json(got.options).lr, 2.5e-3);
 
   // A training checkpoint also serves as a weights checkpoint (the moments are ignored).
-  EXPECT_TRUE(same_bits(strata::load_model<float>(path)->parameters(), model.parameters()));
+  EXPECT_TRUE(bit_equal(strata::load_model<float>(path)->parameters(), model.parameters()));
   GPT<float> weights(cfg);
   strata::load_checkpoint(path, weights);
-  EXPECT_TRUE(same_bits(weights.parameters(), model.parameters()));
+  EXPECT_TRUE(bit_equal(weights.parameters(), model.parameters()));
 
   // The next step is the same on both.
   model.forward_backward(x, y);
   opt.step(model, 1e-2);
   model2.forward_backward(x, y);
   opt2.step(model2, 1e-2);
-  EXPECT_TRUE(same_bits(model2.parameters(), model.parameters()));
-  EXPECT_TRUE(same_bits(opt2.m(), opt.m()));
+  EXPECT_TRUE(bit_equal(model2.parameters(), model.parameters()));
+  EXPECT_TRUE(bit_equal(opt2.m(), opt.m()));
   EXPECT_EQ(opt2.step_count(), 4);
 }
 

@@ -117,11 +117,7 @@ double tolerance() {
   return std::is_same<S, float>::value ? 1e-5 : 1e-12;
 }
 
-template <typename S>
-bool bit_equal(const Matrix<S>& a, const Matrix<S>& b) {
-  return a.rows() == b.rows() && a.cols() == b.cols()
-      && std::memcmp(a.data(), b.data(), sizeof(S) * size_t(a.size())) == 0;
-}
+using strata::testing::bit_equal;
 
 /// EXPECT_THROW with the exact message.
 template <typename F>

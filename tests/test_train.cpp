@@ -19,6 +19,8 @@
 
 #include "strata/strata.hpp"
 
+#include "gradcheck.hpp"
+
 namespace {
 
 namespace fs = std::filesystem;
@@ -50,16 +52,9 @@ std::string error_of(F&& f) {
   return "<no error>";
 }
 
-// Bit-for-bit equality of two dense Eigen vectors (or maps of them).
-template <typename A, typename B>
-bool same_bits(const Eigen::DenseBase<A>& a, const Eigen::DenseBase<B>& b) {
-  using Scalar = typename A::Scalar;
-  static_assert(std::is_same_v<Scalar, typename B::Scalar>, "same_bits compares equal types");
-  return a.size() == b.size() && std::memcmp(a.derived().data(), b.derived().data(),
-                                              sizeof(Scalar) * static_cast<size_t>(a.size())) == 0;
-}
+using strata::testing::bit_equal;
 
-bool same_bits(double a, double b) { return std::memcmp(&a, &b, sizeof a) == 0; }
+bool bit_equal(double a, double b) { return std::memcmp(&a, &b, sizeof a) == 0; }
 
 TokenMatrix random_tokens(Index B, Index T, Index V, std::uint64_t seed) {
   strata::Rng rng(seed);
@@ -271,10 +266,10 @@ TEST(ClipGradNorm, ReturnsPreClipNormAndScalesToMaxNorm) {
 
   Vector<double> small = g;
   EXPECT_EQ(strata::clip_grad_norm(small, 10.0), 5.0);  // below the limit: untouched
-  EXPECT_TRUE(same_bits(small, g));
+  EXPECT_TRUE(bit_equal(small, g));
   Vector<double> off = g;
   EXPECT_EQ(strata::clip_grad_norm(off, 0.0), 5.0);  // 0 only measures
-  EXPECT_TRUE(same_bits(off, g));
+  EXPECT_TRUE(bit_equal(off, g));
 
   Vector<float> f = g.cast<float>();
   EXPECT_NEAR(strata::clip_grad_norm(f, 0.5), 5.0, 1e-6);
@@ -511,7 +506,7 @@ TEST(Evaluate, DeterministicOnARealModel) {
   GPT<float> model(cfg);
   const double a = strata::evaluate(model, corpus().val, 4, 32, 3);
   const double b = strata::evaluate(model, corpus().val, 4, 32, 3);
-  EXPECT_TRUE(same_bits(a, b)) << a << " vs " << b;
+  EXPECT_TRUE(bit_equal(a, b)) << a << " vs " << b;
   EXPECT_NEAR(a, std::log(256.0), 0.1);  // an untrained model is close to uniform
 }
 
@@ -572,7 +567,7 @@ TEST(Trainer, LossFallsOnMobyDick) {
   // validation at step 0 (fresh start) and at the end
   ASSERT_EQ(evals.size(), 2u);
   EXPECT_EQ(evals[0].first, 0);
-  EXPECT_TRUE(same_bits(evals[0].second, val_before));
+  EXPECT_TRUE(bit_equal(evals[0].second, val_before));
   EXPECT_EQ(evals[1].first, 60);
   EXPECT_LT(evals[1].second, 3.6);
   EXPECT_LT(evals[1].second, val_before - 1.5);
@@ -625,7 +620,7 @@ TEST_F(Resume, ContinuesBitForBit) {
     Trainer<float> b(model_b, corpus(), opts);
     for (Index i = 0; i < k; ++i) {
       const double loss = b.step().loss;
-      EXPECT_TRUE(same_bits(loss, losses_a[size_t(i)])) << "step " << i + 1;
+      EXPECT_TRUE(bit_equal(loss, losses_a[size_t(i)])) << "step " << i + 1;
     }
     b.save(path);
   }
@@ -635,7 +630,7 @@ TEST_F(Resume, ContinuesBitForBit) {
   ModelConfig other = tiny_config();
   other.seed = 4242;
   GPT<float> model_c(other);
-  ASSERT_FALSE(same_bits(model_c.parameters(), model_a.parameters()));
+  ASSERT_FALSE(bit_equal(model_c.parameters(), model_a.parameters()));
   Trainer<float> c(model_c, corpus(), opts);
   c.resume(path);
   EXPECT_EQ(c.state().step, k);
@@ -651,15 +646,15 @@ TEST_F(Resume, ContinuesBitForBit) {
   for (Index i = k; i < 2 * k; ++i) {
     const strata::StepReport& r = reports[size_t(i - k)];
     EXPECT_EQ(r.step, i + 1);
-    EXPECT_TRUE(same_bits(r.loss, losses_a[size_t(i)]))
+    EXPECT_TRUE(bit_equal(r.loss, losses_a[size_t(i)]))
         << "step " << i + 1 << ": resumed " << r.loss << ", straight " << losses_a[size_t(i)];
   }
   EXPECT_EQ(evals, (std::vector<Index>{2 * k}));
   EXPECT_EQ(std::memcmp(model_c.parameters().data(), model_a.parameters().data(),
                         sizeof(float) * size_t(model_a.num_parameters())),
             0);
-  EXPECT_TRUE(same_bits(c.optimizer().m(), a.optimizer().m()));
-  EXPECT_TRUE(same_bits(c.optimizer().v(), a.optimizer().v()));
+  EXPECT_TRUE(bit_equal(c.optimizer().m(), a.optimizer().m()));
+  EXPECT_TRUE(bit_equal(c.optimizer().v(), a.optimizer().v()));
   EXPECT_EQ(c.optimizer().step_count(), 2 * k);
   EXPECT_EQ(c.state().step, 2 * k);
 }

@@ -89,13 +89,7 @@ double tolerance() {
   return std::is_same<S, float>::value ? 1e-5 : 1e-12;
 }
 
-template <typename A, typename B>
-bool bit_equal(const A& a, const B& b) {
-  using S = typename A::Scalar;
-  static_assert(std::is_same<S, typename B::Scalar>::value, "same scalar");
-  return a.rows() == b.rows() && a.cols() == b.cols()
-      && std::memcmp(a.data(), b.data(), sizeof(S) * size_t(a.size())) == 0;
-}
+using strata::testing::bit_equal;
 
 template <typename F>
 void expect_error(F&& f, const std::string& message) {

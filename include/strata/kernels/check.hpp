@@ -19,4 +19,14 @@ inline void check_size(const char* fn, const char* arg, Index size, Index expect
   if (size != expected) fail(fn, ": ", arg, " has size ", size, ", expected ", expected);
 }
 
+/// Throws "<fn>: <what> <id> at [b, t] is outside the vocabulary [0, V)" for the first id of
+/// `ids` [B, T] outside 0..V-1 (what is "token" or "target").
+inline void check_ids(const char* fn, const char* what, ConstTokensRef ids, Index V) {
+  for (Index b = 0; b < ids.rows(); ++b)
+    for (Index t = 0; t < ids.cols(); ++t)
+      if (ids(b, t) < 0 || ids(b, t) >= V)
+        fail(fn, ": ", what, " ", ids(b, t), " at [", b, ", ", t, "] is outside the vocabulary [0, ",
+             V, ")");
+}
+
 }  // namespace strata::detail

@@ -12,12 +12,7 @@ namespace strata {
 namespace detail {
 inline void check_targets(const char* fn, ConstTokensRef targets, Index N, Index V) {
   check_size(fn, "targets", targets.size(), N);
-  for (Index b = 0; b < targets.rows(); ++b)
-    for (Index t = 0; t < targets.cols(); ++t) {
-      const Token y = targets(b, t);
-      if (y < 0 || y >= V)
-        fail(fn, ": target ", y, " at [", b, ", ", t, "] is outside the vocabulary [0, ", V, ")");
-    }
+  check_ids(fn, "target", targets, V);
 }
 }  // namespace detail
 

@@ -17,12 +17,7 @@ inline void check_embedding(const char* fn, Index out_rows, Index out_cols, Cons
   if (pos0 < 0 || pos0 + T > max_T)
     fail(fn, ": positions ", pos0, "..", pos0 + T - 1, " exceed the context length ", max_T,
          " (sequence of ", T, " tokens starting at position ", pos0, ")");
-  for (Index b = 0; b < B; ++b)
-    for (Index t = 0; t < T; ++t) {
-      const Token id = tokens(b, t);
-      if (id < 0 || id >= V)
-        fail(fn, ": token ", id, " at [", b, ", ", t, "] is outside the vocabulary [0, ", V, ")");
-    }
+  check_ids(fn, "token", tokens, V);
 }
 }  // namespace detail
 

@@ -23,8 +23,10 @@ void linear_forward(MatrixRef<Scalar> out, ConstMatrixRef<Scalar> inp, ConstMatr
   detail::check_linear("linear_forward", out.rows(), out.cols(), inp.rows(), inp.cols(),
                        weight.rows(), weight.cols());
   detail::check_size("linear_forward", "bias", bias.size(), weight.rows());
-  out.noalias() = inp * weight.transpose();
-  out.rowwise() += bias.transpose();
+  // Broadcasting the bias first and accumulating the product saves a pass over out: an assigned
+  // product would zero out before accumulating anyway.
+  out.rowwise() = bias.transpose();
+  out.noalias() += inp * weight.transpose();
 }
 
 /// out = inp weight^T (no bias; e.g. the tied language-model head).

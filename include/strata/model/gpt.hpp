@@ -14,6 +14,7 @@
 #include "../core/rng.hpp"
 #include "../core/types.hpp"
 #include "../kernels/attention.hpp"
+#include "../kernels/check.hpp"
 #include "../kernels/cross_entropy.hpp"
 #include "../kernels/embedding.hpp"
 #include "../kernels/gelu.hpp"
@@ -239,21 +240,13 @@ class GPT {
     if (tokens.cols() > cfg_.context_length)
       fail(fn, ": sequence length ", tokens.cols(), " exceeds the context length ",
            cfg_.context_length);
-    for (Index b = 0; b < tokens.rows(); ++b)
-      for (Index t = 0; t < tokens.cols(); ++t)
-        if (tokens(b, t) < 0 || tokens(b, t) >= cfg_.vocab_size)
-          fail(fn, ": token ", tokens(b, t), " at [", b, ", ", t,
-               "] is outside the vocabulary [0, ", cfg_.vocab_size, ")");
+    detail::check_ids(fn, "token", tokens, cfg_.vocab_size);
   }
   void check_targets(const char* fn, ConstTokensRef tokens, ConstTokensRef targets) const {
     if (targets.rows() != tokens.rows() || targets.cols() != tokens.cols())
       fail(fn, ": targets have shape [", targets.rows(), ", ", targets.cols(), "], expected [",
            tokens.rows(), ", ", tokens.cols(), "] (the shape of tokens)");
-    for (Index b = 0; b < targets.rows(); ++b)
-      for (Index t = 0; t < targets.cols(); ++t)
-        if (targets(b, t) < 0 || targets(b, t) >= cfg_.vocab_size)
-          fail(fn, ": target ", targets(b, t), " at [", b, ", ", t,
-               "] is outside the vocabulary [0, ", cfg_.vocab_size, ")");
+    detail::check_ids(fn, "target", targets, cfg_.vocab_size);
   }
 
   // ---- plan → computation layout ---------------------------------------------------------------

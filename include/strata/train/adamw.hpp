@@ -2,6 +2,7 @@
 // clipping, and the warm-up + cosine learning-rate schedule.
 #pragma once
 
+#include <algorithm>
 #include <cmath>
 #include <utility>
 #include <vector>
@@ -74,16 +75,21 @@ class AdamW {
     const Scalar b1 = Scalar(cfg_.beta1), b2 = Scalar(cfg_.beta2);
     const Scalar step_size = Scalar(lr / bc1), inv_sqrt_bc2 = Scalar(1 / std::sqrt(bc2));
     const Scalar eps = Scalar(cfg_.eps);
+    // One pass per run of the arena, in chunks that stay in L1 between the three updates.
+    constexpr Index kChunk = 2048;
     for (size_t r = 0; r < runs_.size(); ++r) {
-      const Index begin = runs_[r].first, n = runs_[r].second - runs_[r].first;
-      auto pr = p.segment(begin, n).array();
-      auto mr = m_.segment(begin, n).array();
-      auto vr = v_.segment(begin, n).array();
-      const auto gr = g.segment(begin, n).array();
-      if (decayed_[r]) pr *= Scalar(1 - lr * cfg_.weight_decay);
-      mr = b1 * mr + (Scalar(1) - b1) * gr;
-      vr = b2 * vr + (Scalar(1) - b2) * gr.square();
-      pr -= step_size * mr / (vr.sqrt() * inv_sqrt_bc2 + eps);
+      const Scalar decay = decayed_[r] ? Scalar(1 - lr * cfg_.weight_decay) : Scalar(1);
+#pragma omp parallel for schedule(static) if (runs_[r].second - runs_[r].first > 8 * kChunk)
+      for (Index begin = runs_[r].first; begin < runs_[r].second; begin += kChunk) {
+        const Index n = std::min(kChunk, runs_[r].second - begin);
+        auto pr = p.segment(begin, n).array();
+        auto mr = m_.segment(begin, n).array();
+        auto vr = v_.segment(begin, n).array();
+        const auto gr = g.segment(begin, n).array();
+        mr = b1 * mr + (Scalar(1) - b1) * gr;
+        vr = b2 * vr + (Scalar(1) - b2) * gr.square();
+        pr = decay * pr - step_size * mr / (vr.sqrt() * inv_sqrt_bc2 + eps);
+      }
     }
   }
 
@@ -103,8 +109,13 @@ double clip_grad_norm(const Eigen::MatrixBase<Derived>& gradients, double max_no
   using Scalar = typename Derived::Scalar;
   // Eigen's idiom for writing through a temporary map or block argument.
   Eigen::MatrixBase<Derived>& grads = const_cast<Eigen::MatrixBase<Derived>&>(gradients);
+  // Sum of squares in double, in chunks (vectorised within a chunk, fixed order overall).
+  constexpr Index kChunk = 4096;
   double sum = 0;
-  for (Index i = 0; i < grads.size(); ++i) sum += double(grads[i]) * double(grads[i]);
+  for (Index begin = 0; begin < grads.size(); begin += kChunk) {
+    const Index n = std::min(kChunk, grads.size() - begin);
+    sum += grads.segment(begin, n).template cast<double>().squaredNorm();
+  }
   const double norm = std::sqrt(sum);
   if (max_norm > 0) {
     const double coef = max_norm / (norm + 1e-6);
