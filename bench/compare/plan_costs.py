@@ -46,7 +46,7 @@ def main():
         sys.exit("plan_costs: %s not found; build it with: cmake --build build --target bench_model"
                  % args.bench)
     what = args.what.split(",")
-    pattern = "^(%s)/%s/(%s)$" % ("|".join(what), args.config, "|".join(PLANS))
+    pattern = "^(%s)/%s/(%s)(/|$)" % ("|".join(what), args.config, "|".join(PLANS))
     out = args.json or tempfile.mktemp(suffix=".json")
     cmd = [args.bench, "--threads=%d" % args.threads, "--benchmark_filter=" + pattern,
            "--benchmark_repetitions=%d" % args.repetitions,
@@ -68,7 +68,9 @@ def main():
     print("strata plan costs, %s config, %d threads, %d repetitions (medians), %s, %s\n"
           % (args.config, args.threads, args.repetitions, cpu_model(), time.strftime("%Y-%m-%d")))
     for w in what:
-        unit = {"train": "ms / step", "forward": "ms / forward", "generate": "ms / %d tokens"}[w]
+        new_tokens = {"tiny": 127, "small": 255}[args.config]  # context - 1, as bench_model
+        unit = {"train": "ms / step", "forward": "ms / forward",
+                "generate": "ms / %d tokens" % new_tokens}[w]
         base_name = "%s/%s/standard" % (w, args.config)
         if base_name not in runs:
             continue

@@ -24,7 +24,7 @@ bash "${peer}" setup >/dev/null
 work="$(mktemp -d)"; trap 'rm -rf "${work}"' EXIT
 for t in ${threads}; do
   for r in $(seq "${rounds}"); do
-    "${bench}" --threads="${t}" --benchmark_filter="^train/${config}/standard\$" \
+    "${bench}" --threads="${t}" --benchmark_filter="^train/${config}/standard(/|\$)" \
       --benchmark_format=json --benchmark_out="${work}/strata_${t}_${r}.json" >/dev/null
     bash "${peer}" run --what train --config "${config}" --variant standard --threads "${t}" \
       --json "${work}/peer_${t}.jsonl" >/dev/null
