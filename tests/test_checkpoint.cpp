@@ -26,6 +26,7 @@
 #include "strata/strata.hpp"
 
 #include "gradcheck.hpp"
+#include "temp_dir.hpp"
 
 namespace {
 
@@ -132,36 +133,11 @@ TokenMatrix some_tokens(Index B, Index T, Index V) {
   return x;
 }
 
-/// A fresh temporary directory per test, removed afterwards.
-class Checkpoint : public ::testing::Test {
+/// A fresh temporary directory per test (tests/temp_dir.hpp).
+class Checkpoint : public strata::testing::TempDirTest {
  protected:
-  void SetUp() override {
-    static int counter = 0;
-    const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
-    std::string name = info->name();
-    std::replace(name.begin(), name.end(), '/', '_');
-    dir_ = fs::temp_directory_path()
-         / ("strata_checkpoint_" + std::to_string(::getpid()) + "_" + std::to_string(counter++)
-            + "_" + name);
-    fs::remove_all(dir_);
-    ASSERT_TRUE(fs::create_directories(dir_));
-  }
-  void TearDown() override {
-    std::error_code ec;
-    fs::remove_all(dir_, ec);
-  }
-  std::string file(const std::string& name) const { return (dir_ / name).string(); }
-  std::vector<std::string> listing() const {
-    std::vector<std::string> names;
-    for (const auto& e : fs::directory_iterator(dir_))
-      names.push_back(e.path().filename().string());
-    std::sort(names.begin(), names.end());
-    return names;
-  }
   /// "checkpoint <path>: " as every checkpoint error starts.
   static std::string where(const std::string& path) { return "checkpoint " + path + ": "; }
-
-  fs::path dir_;
 };
 
 // ---- round trips -------------------------------------------------------------------------------

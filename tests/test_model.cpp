@@ -53,6 +53,7 @@ void operator delete(void* p, std::size_t) noexcept { model_test::release(p); }
 #include <strata/model/sampling.hpp>
 
 #include "gradcheck.hpp"
+#include "model_helpers.hpp"
 #include "reference/model_reference.hpp"
 
 namespace {
@@ -91,48 +92,10 @@ ModelConfig make_config(const Sizes& s, std::uint64_t seed = 7) {
   return cfg;
 }
 
-/// Replaces GPT-2's initialisation (zero biases, unit LayerNorm) by random values of a size that
-/// makes every term matter: weights N(0, 1/fan_in) (attention scores and logits of order 1),
-/// biases N(0, 0.1^2), LayerNorm weights 1 + N(0, 0.1^2). A wrong bias, transposition or
-/// LayerNorm affine would be invisible with the default zeros and ones.
-template <typename S>
-void randomize(GPT<S>& model, std::uint64_t seed) {
-  Rng rng(seed);
-  for (const strata::TensorInfo& t : model.layout().tensors()) {
-    S* x = model.parameters().data() + t.offset;
-    const bool layernorm_weight = t.ndim == 1 && t.init_value == 1.0;
-    for (Index i = 0; i < t.size(); ++i) {
-      const double z = rng.normal();
-      if (t.ndim == 2)
-        x[i] = S(z / std::sqrt(double(t.cols)));
-      else
-        x[i] = S((layernorm_weight ? 1.0 : 0.0) + 0.1 * z);
-    }
-  }
-}
-
-/// float: relative 1e-5 of the largest reference logit (see ReferenceForward); double: 1e-12.
-template <typename S>
-double tolerance() {
-  return std::is_same<S, float>::value ? 1e-5 : 1e-12;
-}
-
 using strata::testing::bit_equal;
-
-/// EXPECT_THROW with the exact message.
-template <typename F>
-void expect_error(F&& f, const std::string& message) {
-  EXPECT_THROW(
-      {
-        try {
-          f();
-        } catch (const strata::Error& e) {
-          EXPECT_EQ(std::string(e.what()), message);
-          throw;
-        }
-      },
-      strata::Error);
-}
+using strata::testing::expect_error;
+using strata::testing::randomize;
+using strata::testing::tolerance;
 
 /// Checks forward() logits and loss() against the double reference on the same parameters.
 template <typename S>

@@ -20,6 +20,7 @@
 #include "strata/strata.hpp"
 
 #include "gradcheck.hpp"
+#include "temp_dir.hpp"
 
 namespace {
 
@@ -70,25 +71,8 @@ const TextDataset& corpus() {
   return data;
 }
 
-/// A fresh temporary directory per test, removed afterwards.
-class TempDir : public ::testing::Test {
- protected:
-  void SetUp() override {
-    static int counter = 0;
-    const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
-    dir_ = fs::temp_directory_path()
-         / ("strata_train_" + std::to_string(::getpid()) + "_" + std::to_string(counter++) + "_"
-            + info->name());
-    fs::remove_all(dir_);
-    ASSERT_TRUE(fs::create_directories(dir_));
-  }
-  void TearDown() override {
-    std::error_code ec;
-    fs::remove_all(dir_, ec);
-  }
-  std::string file(const std::string& name) const { return (dir_ / name).string(); }
-  fs::path dir_;
-};
+/// A fresh temporary directory per test (tests/temp_dir.hpp).
+using TempDir = strata::testing::TempDirTest;
 
 // ---- AdamW
 // ---------------------------------------------------------------------------------------

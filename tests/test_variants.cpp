@@ -19,6 +19,7 @@
 #include <strata/model/gpt.hpp>
 
 #include "gradcheck.hpp"
+#include "model_helpers.hpp"
 #include "reference/model_reference.hpp"
 
 namespace {
@@ -65,45 +66,10 @@ Case with_plan(Case c, const AttentionPlan& plan, const std::string& name) {
   return c;
 }
 
-/// Random parameters of a size where every term matters (see tests/test_model.cpp): weights
-/// N(0, 1/fan_in), biases N(0, 0.1^2), LayerNorm weights 1 + N(0, 0.1^2). Tensor by tensor in
-/// layout order, so two models whose layouts agree get identical values.
-template <typename S>
-void randomize(GPT<S>& model, std::uint64_t seed) {
-  Rng rng(seed);
-  for (const strata::TensorInfo& t : model.layout().tensors()) {
-    S* x = model.parameters().data() + t.offset;
-    const bool layernorm_weight = t.ndim == 1 && t.init_value == 1.0;
-    for (Index i = 0; i < t.size(); ++i) {
-      const double z = rng.normal();
-      if (t.ndim == 2)
-        x[i] = S(z / std::sqrt(double(t.cols)));
-      else
-        x[i] = S((layernorm_weight ? 1.0 : 0.0) + 0.1 * z);
-    }
-  }
-}
-
-template <typename S>
-double tolerance() {
-  return std::is_same<S, float>::value ? 1e-5 : 1e-12;
-}
-
 using strata::testing::bit_equal;
-
-template <typename F>
-void expect_error(F&& f, const std::string& message) {
-  EXPECT_THROW(
-      {
-        try {
-          f();
-        } catch (const strata::Error& e) {
-          EXPECT_EQ(std::string(e.what()), message);
-          throw;
-        }
-      },
-      strata::Error);
-}
+using strata::testing::expect_error;
+using strata::testing::randomize;
+using strata::testing::tolerance;
 
 // The base sizes of most cases: L = 4, NH = 4, C = 16 (hs = 4), B = 2, T = 5.
 const Case kBase{"", 4, 4, 16, 13, 8, 2, 5, AttentionPlan::standard()};

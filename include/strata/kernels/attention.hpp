@@ -426,6 +426,19 @@ inline Index check_query(const char* fn, Index q_rows, Index q_cols, Index NH, I
   return hs;
 }
 
+/// The sizes of a call, checked: n_head (from the sources), head size and query rows per batch.
+struct CallSizes {
+  Index NH, hs, Tq;
+};
+template <typename S>
+CallSizes check_call(const char* fn, Index q_rows, Index q_cols, const AttentionSources<S>& sources,
+                     Index B, Index q_pos) {
+  const Index NH = sources.n_head();
+  STRATA_CHECK(NH >= 1, fn, ": sources has ", NH, " heads, expected at least 1");
+  const Index hs = check_query(fn, q_rows, q_cols, NH, B, q_pos);
+  return {NH, hs, q_rows / B};
+}
+
 template <typename S>
 void check_sources(const char* fn, const AttentionSources<S>& sources, Index hs, Index Tq,
                    Index q_pos, bool backward) {
@@ -551,10 +564,7 @@ void attention_forward(MatrixRef<detail::NoDeduce<Scalar>> out,
                        ConstMatrixRef<detail::NoDeduce<Scalar>> q,
                        const AttentionSources<Scalar>& sources, Index B, Index q_pos = 0) {
   const char* fn = "attention_forward";
-  const Index NH = sources.n_head();
-  STRATA_CHECK(NH >= 1, fn, ": sources has ", NH, " heads, expected at least 1");
-  const Index hs = detail::check_query(fn, q.rows(), q.cols(), NH, B, q_pos);
-  const Index Tq = q.rows() / B;
+  const auto [NH, hs, Tq] = detail::check_call(fn, q.rows(), q.cols(), sources, B, q_pos);
   detail::check_rows_cols(fn, "out", out.rows(), out.cols(), q.rows(), q.cols(), "as q", "as q");
   detail::check_rows_cols(fn, "lse", lse.rows(), lse.cols(), q.rows(), NH, "as q", "n_head");
   detail::check_sources(fn, sources, hs, Tq, q_pos, false);
@@ -574,10 +584,7 @@ void attention_backward(MatrixRef<detail::NoDeduce<Scalar>> dq,
                         ConstMatrixRef<detail::NoDeduce<Scalar>> lse,
                         const AttentionSources<Scalar>& sources, Index B, Index q_pos = 0) {
   const char* fn = "attention_backward";
-  const Index NH = sources.n_head();
-  STRATA_CHECK(NH >= 1, fn, ": sources has ", NH, " heads, expected at least 1");
-  const Index hs = detail::check_query(fn, q.rows(), q.cols(), NH, B, q_pos);
-  const Index Tq = q.rows() / B;
+  const auto [NH, hs, Tq] = detail::check_call(fn, q.rows(), q.cols(), sources, B, q_pos);
   detail::check_rows_cols(fn, "dq", dq.rows(), dq.cols(), q.rows(), q.cols(), "as q", "as q");
   detail::check_rows_cols(fn, "dout", dout.rows(), dout.cols(), q.rows(), q.cols(), "as q", "as q");
   detail::check_rows_cols(fn, "out", out.rows(), out.cols(), q.rows(), q.cols(), "as q", "as q");
@@ -597,10 +604,7 @@ void attention_source_mass(MatrixRef<detail::NoDeduce<Scalar>> mass,
                            ConstMatrixRef<detail::NoDeduce<Scalar>> lse,
                            const AttentionSources<Scalar>& sources, Index B, Index q_pos = 0) {
   const char* fn = "attention_source_mass";
-  const Index NH = sources.n_head();
-  STRATA_CHECK(NH >= 1, fn, ": sources has ", NH, " heads, expected at least 1");
-  const Index hs = detail::check_query(fn, q.rows(), q.cols(), NH, B, q_pos);
-  const Index Tq = q.rows() / B;
+  const auto [NH, hs, Tq] = detail::check_call(fn, q.rows(), q.cols(), sources, B, q_pos);
   detail::check_sources(fn, sources, hs, Tq, q_pos, false);
   const Index S = sources.max_count();
   detail::check_rows_cols(fn, "lse", lse.rows(), lse.cols(), q.rows(), NH, "as q", "n_head");
