@@ -212,6 +212,17 @@ inline TokenMatrix random_tokens(Index B, Index T, Index V, Rng& rng) {
   return tokens;
 }
 
+/// The message of the strata::Error that f throws, or "<no error>" (to compare exact texts).
+template <typename F>
+std::string error_of(F&& f) {
+  try {
+    f();
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "<no error>";
+}
+
 /// Bit-for-bit equality of two dense Eigen objects of one scalar type (matrices, vectors, maps or
 /// blocks): same shape and the same bits in every coefficient (so -0 != 0, and NaN == NaN when the
 /// payloads match). For the "exactly equal" checks: causality, degenerate plans, resume.

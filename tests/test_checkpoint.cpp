@@ -43,15 +43,7 @@ using strata::io::DType;
 using strata::io::SafetensorsFile;
 using strata::io::TensorView;
 
-template <typename F>
-std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const strata::Error& e) {
-    return e.what();
-  }
-  return "<no error>";
-}
+using strata::testing::error_of;
 
 /// What nlohmann says when f throws (to build the exact text of errors that embed its message).
 template <typename F>

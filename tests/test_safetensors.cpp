@@ -22,6 +22,7 @@
 
 #include "strata/io/safetensors.hpp"
 
+#include "gradcheck.hpp"
 #include "temp_dir.hpp"
 
 namespace {
@@ -59,16 +60,7 @@ std::string read_raw(const std::string& path) {
   return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
 }
 
-/// The message of the strata::Error that f throws, or "<no error>".
-template <typename F>
-std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const strata::Error& e) {
-    return e.what();
-  }
-  return "<no error>";
-}
+using strata::testing::error_of;
 
 std::string read_error(const std::string& path) {
   return error_of([&] { (void)SafetensorsFile::read(path); });

@@ -42,16 +42,7 @@ using strata::Vector;
 
 const std::string kCorpus = STRATA_SOURCE_DIR "/examples/data/moby_dick.txt";
 
-/// The message of the strata::Error that f throws, or "<no error>".
-template <typename F>
-std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const strata::Error& e) {
-    return e.what();
-  }
-  return "<no error>";
-}
+using strata::testing::error_of;
 
 using strata::testing::bit_equal;
 
