@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Build the examples (Release, -march=native) in build/ and train the tiny default model on the
+# Build the train and generate examples (Release, -march=native) in build/ and train the tiny default model on the
 # bundled corpus (examples/data/moby_dick.txt), with a progress bar and a text sample at the end.
 # Arguments go to the train program:
 #   scripts/train.sh                 the defaults
@@ -16,7 +16,7 @@ jobs="$(nproc 2>/dev/null || echo 2)"
 
 run cmake -S . -B build -DCMAKE_BUILD_TYPE=Release -DSTRATA_BUILD_EXAMPLES=ON -DSTRATA_NATIVE=ON \
   || die "configuring failed (missing packages? run scripts/setup.sh)"
-run cmake --build build -j "${jobs}" --target train || die "building build/examples/train failed"
+run cmake --build build -j "${jobs}" --target train generate || die "building the examples failed"
 [[ -x build/examples/train ]] || die "build/examples/train was not built"
 echo "+ build/examples/train $*"
 exec build/examples/train "$@"

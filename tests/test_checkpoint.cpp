@@ -583,8 +583,19 @@ TEST_F(Checkpoint, MissingExtraOrMisshapenTensor) {
   EXPECT_EQ(error_of([&] { strata::load_model<float>(missing); }),
             where(missing) + "has no tensor 'transformer.h.1.mlp.c_fc.bias'");
   GPT<float> target(cfg);
+  const strata::Vector<float> before = target.parameters();
   EXPECT_EQ(error_of([&] { strata::load_checkpoint(missing, target); }),
             where(missing) + "has no tensor 'transformer.h.1.mlp.c_fc.bias'");
+  EXPECT_TRUE(bit_equal(target.parameters(), before));  // a failed load changes nothing
+
+  // A shortcut checkpoint without one of its feature-map tensors.
+  ModelConfig sc = cfg;
+  sc.attention = strata::AttentionPlan::shortcut();
+  GPT<float> shortcut(sc);
+  const std::string no_feature = file("no_feature.safetensors");
+  write_model_file(no_feature, shortcut, config_meta(sc), "transformer.shortcut.0.fc.weight");
+  EXPECT_EQ(error_of([&] { strata::load_model<float>(no_feature); }),
+            where(no_feature) + "has no tensor 'transformer.shortcut.0.fc.weight'");
 
   const std::vector<float> head(50 * 16, 0.5f);
   const std::string extra = file("extra.safetensors");
