@@ -72,7 +72,8 @@ int main(int argc, char** argv) {
     if (!parent.empty()) std::filesystem::create_directories(parent);
     std::ofstream f(out);
     // invalid UTF-8 in --text becomes U+FFFD rather than an exception
-    if (!(f << j.dump(1, ' ', false, nlohmann::json::error_handler_t::replace) << "\n")) strata::fail("cannot write '", out, "'");
+    if (!(f << j.dump(1, ' ', false, nlohmann::json::error_handler_t::replace) << "\n"))
+      strata::fail("cannot write '", out, "'");
     std::printf("wrote %s; draw it with: python3 examples/tools/plot_attention_map.py %s\n",
                 out.c_str(), out.c_str());
   } catch (const std::exception& e) {

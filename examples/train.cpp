@@ -14,6 +14,7 @@
 #include <fstream>
 #include <iostream>
 #include <memory>
+#include <optional>
 
 #include "cli_common.hpp"
 
@@ -94,6 +95,7 @@ int run(Flags& f, CLI::App& app) {
   strata::set_num_threads(f.threads);
   std::unique_ptr<strata::GPT<float>> model;
   strata::TrainOptions opts = f.train;
+  std::optional<strata::io::SafetensorsFile> saved_run;  // the checkpoint of --resume, read once
   if (!f.resume.empty()) {
     // The checkpoint decides the model and the run's settings; only --steps may change.
     for (const char* flag : {"--layers", "--heads", "--width", "--context", "--mlp-ratio",
@@ -101,12 +103,10 @@ int run(Flags& f, CLI::App& app) {
                              "--weight-decay", "--clip", "--seed", "--seq-len"})
       if (app.count(flag) > 0)
         strata::fail("--resume continues the saved run with its own settings; drop ", flag);
-    model = strata::load_model<float>(f.resume);
-    const auto file = strata::io::SafetensorsFile::read(f.resume);
-    auto it = file.metadata().find("strata.train");
-    if (it == file.metadata().end())
-      strata::fail("checkpoint ", f.resume, ": holds weights only (no training state) and cannot be resumed");
-    const auto saved = strata::TrainOptions::from_json(nlohmann::json::parse(it->second).at("options"));
+    saved_run = strata::io::SafetensorsFile::read(f.resume);
+    const strata::TrainState state = strata::read_train_state(*saved_run);  // weights only: error
+    model = std::make_unique<strata::GPT<float>>(strata::io::read_config(*saved_run));
+    const auto saved = strata::TrainOptions::from_json(state.options);
     const Index steps = app.count("--steps") ? opts.steps : saved.steps;
     opts = saved;
     opts.steps = steps;
@@ -119,7 +119,7 @@ int run(Flags& f, CLI::App& app) {
   const Index T = opts.seq_len > 0 ? opts.seq_len : cfg.context_length;
   const strata::TextDataset data = strata::TextDataset::from_file(f.data, f.val_fraction, T);
   strata::Trainer<float> trainer(*model, data, opts);
-  if (!f.resume.empty()) trainer.resume(f.resume);
+  if (saved_run) trainer.resume(*saved_run);  // weights, optimizer moments, data position
 
   std::fprintf(stderr,
                "strata train: %lld parameters | L%lld H%lld C%lld T%lld | batch %lld | attention %s\n"

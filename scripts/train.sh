@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Build the train and generate examples (Release, -march=native) in build/ and train the tiny default model on the
-# bundled corpus (examples/data/moby_dick.txt), with a progress bar and a text sample at the end.
+# Build the train and generate examples (Release, -march=native) in build/ and train the tiny
+# default model on the bundled corpus (examples/data/moby_dick.txt), with a progress bar and a text
+# sample at the end.
 # Arguments go to the train program:
 #   scripts/train.sh                 the defaults
 #   scripts/train.sh --help          every option

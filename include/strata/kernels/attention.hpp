@@ -208,6 +208,14 @@ void causal_mask(ScoreTile<S>& scores, Index diag, S value) {
   }
 }
 
+/// P(r, j) = exp(c P(r, j) - shift(r)), then 0 where the causal mask hides key j from row r.
+/// Row by row: a row-major tile broadcast with colwise() would not vectorise the exp.
+template <typename S>
+void exp_rows_masked(ScoreTile<S>& P, S c, const TileColumn<S>& shift, Index diag) {
+  for (Index r = 0; r < P.rows(); ++r) P.row(r).array() = (c * P.row(r).array() - shift(r)).exp();
+  causal_mask(P, diag, S(0));
+}
+
 // ----------------------------------------------------------------------------------------------
 // one (batch b, head h) pair
 
@@ -242,9 +250,7 @@ void attention_forward_pair(S* out, Index out_stride, S* lse, Index lse_stride, 
         // from the first tile on and exp never sees -inf - (-inf).
         m_new = m.cwiseMax(c * P.rowwise().maxCoeff());
         alpha = (m - m_new).array().exp();
-        // (row by row: a row-major tile broadcast with colwise() would not vectorise the exp)
-        for (Index r = 0; r < tq; ++r) P.row(r).array() = (c * P.row(r).array() - m_new(r)).exp();
-        causal_mask(P, q_pos + t0 - k0, S(0));
+        exp_rows_masked(P, c, m_new, q_pos + t0 - k0);
         l = alpha.cwiseProduct(l) + P.rowwise().sum();
         for (Index r = 0; r < tq; ++r) O.row(r) *= alpha(r);
         O.noalias() += P * V;
@@ -290,9 +296,7 @@ void attention_backward_pair(S* dq, Index dq_stride, const S* dout, Index dout_s
         // recompute P = exp(c q_t . K[tau] - lse_t), 0 where masked
         P.resize(tq, tk);
         P.noalias() = Q * K.transpose();
-        causal_mask(P, q_pos + t0 - k0, -std::numeric_limits<S>::infinity());
-        for (Index r = 0; r < tq; ++r) P.row(r).array() = (c * P.row(r).array() - L(r)).exp();
-        causal_mask(P, q_pos + t0 - k0, S(0));
+        exp_rows_masked(P, c, L, q_pos + t0 - k0);
         // forward: out_t = sum_tau P(t, tau) V[tau]
         dV.noalias() += P.transpose() * dO;
         dS.resize(tq, tk);
@@ -331,9 +335,7 @@ void attention_source_mass_pair(S* mass, Index mass_stride, Index S_max, const S
           // mass(t, s) = sum_tau exp(c q_t . K_s[tau] - lse_t)
           P.resize(tq, tk);
           P.noalias() = Q * K.transpose();
-          causal_mask(P, q_pos + t0 - k0, -std::numeric_limits<S>::infinity());
-          for (Index r = 0; r < tq; ++r) P.row(r).array() = (c * P.row(r).array() - L(r)).exp();
-          causal_mask(P, q_pos + t0 - k0, S(0));
+          exp_rows_masked(P, c, L, q_pos + t0 - k0);
           sum += P.rowwise().sum();
         }
       }

@@ -109,12 +109,14 @@ class Trainer {
   /// Continues from a training checkpoint written by save() for the same model configuration and
   /// options (steps may differ: a longer run extends the schedule). Differences are errors.
   /// On an error nothing changes.
-  void resume(const std::string& path) {
-    const io::SafetensorsFile file = io::SafetensorsFile::read(path);
+  void resume(const std::string& path) { resume(io::SafetensorsFile::read(path)); }
+
+  /// The same, for a checkpoint already read (to look at its configuration first, say).
+  void resume(const io::SafetensorsFile& file) {
     const nlohmann::json saved = read_train_state(file).options, mine = opt_.to_json();
     for (const auto& [key, value] : mine.items())
       if (key != "steps" && saved.contains(key) && saved.at(key) != value)
-        fail("resume ", path, ": the run was saved with ", key, " ", saved.at(key).dump(),
+        fail("resume ", file.path(), ": the run was saved with ", key, " ", saved.at(key).dump(),
              ", this run has ", value.dump());
     TrainState s = load_training_checkpoint(file, model_, adam_);
     loader_.restore(s.data_rng, s.batches_drawn);
