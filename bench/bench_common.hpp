@@ -41,6 +41,7 @@ inline void add_context() {
   benchmark::AddCustomContext("strata_threads", std::to_string(strata::num_threads()));
   benchmark::AddCustomContext("eigen_threads", std::to_string(Eigen::nbThreads()));
   benchmark::AddCustomContext("eigen_simd", Eigen::SimdInstructionSetsInUse());
+  benchmark::AddCustomContext("product_backend", strata::product_backend());
   benchmark::AddCustomContext("cpu_model", cpu_model());
   benchmark::AddCustomContext("strata_version", strata::version);
 }

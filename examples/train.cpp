@@ -123,11 +123,13 @@ int run(Flags& f, CLI::App& app) {
 
   std::fprintf(stderr,
                "strata train: %lld parameters | L%lld H%lld C%lld T%lld | batch %lld | attention %s\n"
-               "  data %s: %zu training / %zu validation bytes | %d threads | seed %llu\n",
+               "  data %s: %zu training / %zu validation bytes | %d threads | seed %llu\n"
+               "  products: %s\n",
                (long long)model->num_parameters(), (long long)cfg.n_layer, (long long)cfg.n_head,
                (long long)cfg.n_embd, (long long)T, (long long)opts.batch,
                cfg.attention.describe().c_str(), f.data.c_str(), data.train.size(), data.val.size(),
-               strata::num_threads(), (unsigned long long)opts.data_seed);
+               strata::num_threads(), (unsigned long long)opts.data_seed,
+               strata::product_backend().c_str());
   if (trainer.state().step > 0)
     std::fprintf(stderr, "  resumed from %s at step %lld\n", f.resume.c_str(),
                  (long long)trainer.state().step);

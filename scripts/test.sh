@@ -3,6 +3,9 @@
 #   scripts/test.sh                 all tests
 #   scripts/test.sh -R attention    only tests whose name matches
 #   scripts/test.sh -L consumer     only the CMake consumer tests
+#   scripts/test.sh --eigen [...]   the header-only default (Eigen's own products, no BLAS) in
+#                                   build-eigen/; without it, build/ routes products to OpenBLAS
+#                                   (STRATA_USE_BLAS=ON), as scripts/train.sh builds the examples
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -12,8 +15,16 @@ run() { echo "+ $*"; "$@"; }
 command -v cmake >/dev/null 2>&1 || die "cmake not found; run scripts/setup.sh first"
 jobs="$(nproc 2>/dev/null || echo 2)"
 
-run cmake -S . -B build -DCMAKE_BUILD_TYPE=Release -DSTRATA_BUILD_TESTS=ON \
-  || die "configuring failed (missing packages? run scripts/setup.sh)"
-run cmake --build build -j "${jobs}" || die "the build failed"
-run ctest --test-dir build --output-on-failure -j "${jobs}" "$@" || die "some tests failed"
-echo "test: all tests passed"
+build=build
+blas=ON
+if [[ "${1:-}" == --eigen ]]; then
+  build=build-eigen
+  blas=OFF
+  shift
+fi
+
+run cmake -S . -B "${build}" -DCMAKE_BUILD_TYPE=Release -DSTRATA_BUILD_TESTS=ON \
+  -DSTRATA_USE_BLAS="${blas}" || die "configuring failed (missing packages? run scripts/setup.sh)"
+run cmake --build "${build}" -j "${jobs}" || die "the build failed"
+run ctest --test-dir "${build}" --output-on-failure -j "${jobs}" "$@" || die "some tests failed"
+echo "test: all tests passed (${build}/, STRATA_USE_BLAS=${blas})"

@@ -92,6 +92,34 @@ struct ThreadCountGuard {
   ~ThreadCountGuard() { strata::set_num_threads(saved); }
 };
 
+#if defined(STRATA_HAVE_OPENBLAS)
+extern "C" int openblas_get_num_threads(void);
+#endif
+
+// One knob governs every parallel region: OpenMP, Eigen's products and, in a STRATA_USE_BLAS build
+// with OpenBLAS, OpenBLAS's own threads.
+TEST(Threading, SetNumThreadsGovernsEveryParallelRegion) {
+  ThreadCountGuard guard;
+  for (int n : {1, 2, 3}) {
+    strata::set_num_threads(n);
+    EXPECT_EQ(Eigen::nbThreads(), n);
+#if defined(_OPENMP)
+    EXPECT_EQ(strata::num_threads(), n);
+    EXPECT_EQ(omp_get_max_threads(), n);
+#endif
+#if defined(STRATA_HAVE_OPENBLAS)
+    EXPECT_EQ(openblas_get_num_threads(), n);
+#endif
+  }
+  EXPECT_STRATA_ERROR(strata::set_num_threads(-1),
+                      "set_num_threads: n = -1, expected >= 0 (0 means all cores)");
+#if defined(EIGEN_USE_BLAS)
+  EXPECT_EQ(strata::product_backend().rfind("BLAS", 0), 0u) << strata::product_backend();
+#else
+  EXPECT_EQ(strata::product_backend(), "Eigen");
+#endif
+}
+
 // ================================================================================================
 // Embedding
 // ================================================================================================

@@ -429,13 +429,23 @@ TEST(ModelNoMalloc, RuntimeCheckIsLive) {
 // default C = 128 model) and whenever it runs multi-threaded (the packed left-hand side), which
 // strata cannot preallocate through Eigen's public API. The sizes below keep every product on
 // Eigen's stack path, and the larger case (several attention tiles, 2 threads would split its
-// products) runs Eigen's products on one thread.
+// products) runs Eigen's products on one thread. A STRATA_USE_BLAS build hands every product to
+// the BLAS library, which keeps its buffers for the life of the process: there the check also runs
+// the tiny model's full size (C 128, T 128) on every thread.
 TYPED_TEST(ModelTyped, TrainingStepAllocatesNothing) {
   using S = TypeParam;
   const int eigen_threads = Eigen::nbThreads();
-  for (const Sizes& s : {Sizes{2, 2, 8, 11, 8, 2, 5}, Sizes{2, 4, 32, 37, 80, 2, 70}}) {
+  std::vector<Sizes> sizes{Sizes{2, 2, 8, 11, 8, 2, 5}, Sizes{2, 4, 32, 37, 80, 2, 70}};
+#if defined(EIGEN_USE_BLAS)
+  sizes.push_back(Sizes{2, 4, 128, 256, 128, 4, 128});
+#endif
+  for (const Sizes& s : sizes) {
     SCOPED_TRACE(describe(s));
+#if defined(EIGEN_USE_BLAS)
+    Eigen::setNbThreads(eigen_threads);
+#else
     Eigen::setNbThreads(s.T > 64 ? 1 : eigen_threads);
+#endif
     GPT<S> model(make_config(s));
     Rng rng(51);
     const TokenMatrix tokens = random_tokens(s.B, s.T, s.V, rng);
