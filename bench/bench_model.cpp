@@ -64,6 +64,9 @@ void forward(benchmark::State& state, bench::BenchConfig bc, const Plan& plan) {
   for (auto _ : state) benchmark::DoNotOptimize(model.forward(x).data());
   state.counters["tokens/s"] =
       benchmark::Counter(double(bc.B * bc.T), benchmark::Counter::kIsIterationInvariantRate);
+  state.counters["FLOP/s"] = benchmark::Counter(  // a forward pass is a third of a training step
+      bench::train_flops(cfg, bc.B, bc.T, model.num_parameters()) / 3,
+      benchmark::Counter::kIsIterationInvariantRate, benchmark::Counter::kIs1000);
 }
 
 // Greedy decoding of context - 1 tokens after a one-token prompt, batch 1, with the KV cache
@@ -72,15 +75,18 @@ void generate(benchmark::State& state, bench::BenchConfig bc, const Plan& plan) 
   const strata::ModelConfig cfg = bench::model_config(bc, plan.make());
   strata::GPT<float> model(cfg);
   const Index n = bc.T - 1;
-  Index cache_bytes = 0;
   for (auto _ : state) {
     auto out = strata::generate(model, {strata::Token(1)}, n, strata::Sampler{0.0, 0, 0});
     benchmark::DoNotOptimize(out.data());
-    cache_bytes = model.make_cache(1).bytes();
   }
   state.counters["tokens/s"] =
       benchmark::Counter(double(n), benchmark::Counter::kIsIterationInvariantRate);
-  state.counters["cache_bytes"] = double(cache_bytes);
+  // a generated token costs the forward FLOPs of one token at full context (an upper bound: the
+  // attention part grows with the position)
+  state.counters["FLOP/s"] = benchmark::Counter(
+      double(n) * bench::train_flops(cfg, 1, bc.T, model.num_parameters()) / 3 / double(bc.T),
+      benchmark::Counter::kIsIterationInvariantRate, benchmark::Counter::kIs1000);
+  state.counters["cache_bytes"] = double(model.make_cache(1).bytes());
 }
 
 }  // namespace

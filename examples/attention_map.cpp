@@ -29,7 +29,7 @@ int main(int argc, char** argv) {
     auto model = strata::load_model<float>(checkpoint);
     const strata::ModelConfig& cfg = model->config();
     if (cfg.attention.kind() != strata::AttentionPlan::Kind::shortcut)
-      strata::fail("the checkpoint's attention plan is ", cfg.attention.describe(),
+      strata::fail("the checkpoint's attention plan is ", examples::plan_text(cfg),
                    "; maps by depth need a shortcut plan (train with --attention shortcut)");
     const std::vector<strata::Token> ids = strata::ByteTokenizer::encode(text);
     if (ids.empty()) strata::fail("--text is empty");
@@ -44,7 +44,7 @@ int main(int argc, char** argv) {
     // Terminal heat map: one row per depth, one column per byte of the text.
     const char* shades = " .:-=+*#%@";
     std::printf("attention of the final block by depth (rows) and position (columns), %s\n",
-                cfg.attention.describe().c_str());
+                examples::plan_text(cfg).c_str());
     std::printf("%10s  %s\n", "", examples::printable(text).c_str());
     for (size_t j = 0; j < depths.size(); ++j) {
       std::string row;
@@ -57,7 +57,7 @@ int main(int argc, char** argv) {
 
     nlohmann::json j;
     j["checkpoint"] = checkpoint;
-    j["plan"] = cfg.attention.describe();
+    j["plan"] = examples::plan_text(cfg);
     j["depths"] = depths;
     j["tokens"] = nlohmann::json::array();
     for (strata::Token t : ids) j["tokens"].push_back(int(t));

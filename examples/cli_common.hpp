@@ -97,6 +97,12 @@ inline std::string format_duration(double seconds) {
   return buf;
 }
 
+/// The model's attention plan for logs, with its defaults resolved ("skip_layer(distance=3,
+/// heads=3, mode=split)").
+inline std::string plan_text(const strata::ModelConfig& c) {
+  return c.attention.describe(int(c.n_layer), int(c.n_head), c.n_embd);
+}
+
 /// Makes control characters of sampled text visible without breaking a terminal.
 inline std::string printable(const std::string& text) {
   std::string out;

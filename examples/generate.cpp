@@ -26,7 +26,7 @@ int main(int argc, char** argv) {
     const auto& cfg = model->config();
     std::fprintf(stderr, "%s: L%lld H%lld C%lld context %lld, attention %s\n", checkpoint.c_str(),
                  (long long)cfg.n_layer, (long long)cfg.n_head, (long long)cfg.n_embd,
-                 (long long)cfg.context_length, cfg.attention.describe().c_str());
+                 (long long)cfg.context_length, examples::plan_text(cfg).c_str());
     if (cfg.vocab_size != strata::ByteTokenizer::vocab_size)
       strata::fail("the checkpoint's vocabulary has ", cfg.vocab_size,
                    " tokens; this example speaks bytes (256)");

@@ -127,7 +127,7 @@ int run(Flags& f, CLI::App& app) {
                "  products: %s\n",
                (long long)model->num_parameters(), (long long)cfg.n_layer, (long long)cfg.n_head,
                (long long)cfg.n_embd, (long long)T, (long long)opts.batch,
-               cfg.attention.describe().c_str(), f.data.c_str(), data.train.size(), data.val.size(),
+               examples::plan_text(cfg).c_str(), f.data.c_str(), data.train.size(), data.val.size(),
                strata::num_threads(), (unsigned long long)opts.data_seed,
                strata::product_backend().c_str());
   if (trainer.state().step > 0)

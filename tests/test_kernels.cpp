@@ -503,6 +503,14 @@ TYPED_TEST(LinearTest, MatchesReference) {
     strata::linear_forward<S>(out_nb, inp, weight);
     EXPECT_REL_CLOSE(out, ref::linear_forward(inp, weight, bias), kTol<S>);
     EXPECT_REL_CLOSE(out_nb, ref::linear_forward(inp, weight, Vector<S>()), kTol<S>);
+    // the residual form, into a separate output and in place
+    const Matrix<S> residual = st::random_matrix<S>(s.N, s.OC, rng);
+    const Matrix<S> want_res = residual + ref::linear_forward(inp, weight, bias);
+    Matrix<S> out_res(s.N, s.OC), in_place = residual;
+    strata::linear_forward<S>(out_res, inp, weight, bias, residual);
+    strata::linear_forward<S>(in_place, inp, weight, bias, in_place);
+    EXPECT_REL_CLOSE(out_res, want_res, kTol<S>);
+    EXPECT_REL_CLOSE(in_place, want_res, kTol<S>);
 
     const Matrix<S> dout = st::random_matrix<S>(s.N, s.OC, rng);
     Matrix<S> dinp = zeros<S>(s.N, s.IC), dweight = zeros<S>(s.OC, s.IC);
@@ -630,6 +638,10 @@ TEST(LinearErrors, ExactMessages) {
                       "linear_forward: out has shape [3, 3], expected [2, 3]");
   EXPECT_STRATA_ERROR(strata::linear_forward<double>(out, inp, w, short_v),
                       "linear_forward: bias has size 2, expected 3");
+  EXPECT_STRATA_ERROR(strata::linear_forward<double>(out, inp, w, b, out33),
+                      "linear_forward: residual has shape [3, 3], expected [2, 3]");
+  EXPECT_STRATA_ERROR(strata::linear_forward<double>(out24, inp, w, b, out),
+                      "linear_forward: out has shape [2, 4], expected [2, 3]");
 
   EXPECT_STRATA_ERROR(strata::linear_backward<double>(dinp, dw, db, dout, inp, w35),
                       "linear_backward: weight has shape [3, 5], expected [3, 4]");

@@ -469,6 +469,23 @@ TYPED_TEST(ModelTyped, TrainingStepAllocatesNothing) {
   Eigen::setNbThreads(eigen_threads);
 }
 
+// The workspace grows linearly with the sequence length: no buffer is [T, T] (the attention keeps
+// only its output and a log-sum-exp per query), so doubling T adds exactly what the previous
+// doubling added, twice.
+TEST(ModelMemory, WorkspaceIsLinearInSequenceLength) {
+  std::vector<double> bytes;
+  for (Index T : {64, 128, 256}) {
+    GPT<float> model(make_config(Sizes{2, 4, 32, 37, 256, 2, T}));
+    EXPECT_EQ(model.workspace_bytes(), 0u);
+    Rng rng(61);
+    model.forward_backward(random_tokens(2, T, 37, rng), random_tokens(2, T, 37, rng));
+    bytes.push_back(double(model.workspace_bytes()));
+    // every activation is [B T, something]: at least the logits and the residual stream
+    EXPECT_GT(bytes.back(), double(2 * T * (37 + 32) * sizeof(float)));
+  }
+  EXPECT_EQ(bytes[2] - bytes[1], 2 * (bytes[1] - bytes[0]));
+}
+
 // ------------------------------------------------------------------------------------------------
 // errors
 

@@ -123,6 +123,25 @@ TYPED_TEST_SUITE(VariantsTyped, Scalars);
 // ------------------------------------------------------------------------------------------------
 // the plan table against SPEC.md
 
+TEST(VariantPlans, DescribeNamesTheSettingsAndResolvesDefaults) {
+  using strata::AttentionPlan;
+  using strata::SkipMode;
+  EXPECT_EQ(AttentionPlan::standard().describe(), "standard");
+  EXPECT_EQ(AttentionPlan::standard().describe(6, 8, 256), "standard");
+  const AttentionPlan skip = AttentionPlan::skip_layer();
+  EXPECT_EQ(skip.describe(), "skip_layer(distance=default, heads=default, mode=split)");
+  EXPECT_EQ(skip.describe(4, 4, 128), "skip_layer(distance=3, heads=3, mode=split)");
+  EXPECT_EQ(AttentionPlan::skip_layer(2, std::nullopt, SkipMode::concat).describe(12, 12, 768),
+            "skip_layer(distance=2, heads=9, mode=concat)");
+  const AttentionPlan cut = AttentionPlan::shortcut();
+  EXPECT_EQ(cut.describe(), "shortcut(depths=all, feature_width=C, embeddings=no)");
+  EXPECT_EQ(cut.describe(4, 4, 128), "shortcut(depths=1,2,3, feature_width=128, embeddings=no)");
+  EXPECT_EQ(AttentionPlan::shortcut({2, 1}, 64, true).describe(4, 4, 128),
+            "shortcut(depths=0,1,2, feature_width=64, embeddings=yes)");
+  EXPECT_EQ(AttentionPlan::shortcut({2, 1}, 64, true).describe(),
+            "shortcut(depths=2,1, feature_width=64, embeddings=yes)");
+}
+
 TEST(VariantPlans, TablesFollowTheSpec) {
   for (const Case& c : variant_cases()) {
     SCOPED_TRACE(c.name);

@@ -130,26 +130,152 @@ class LRSchedule:
 
 
 # --------------------------------------------------------------------------------------------
-# The model (SPEC.md §1), built lazily so that --check-batches needs no torch.
-def build_model(torch, V, T, L, NH, C, mlp_ratio):
+# Attention plans (SPEC.md §2): which key/value sources every head of every layer attends over.
+PLAN_NAMES = ("standard", "skip_split", "skip_concat", "shortcut")
+
+
+def _lround(x):
+    """std::lround for x >= 0 (halves away from zero; Python's round() would go to even)."""
+    return int(math.floor(x + 0.5))
+
+
+def resolve_plan(plan, L, NH):
+    """A plan as strata's checkpoint metadata spells it (io/config_json.hpp), from a bench name
+    (standard, skip_split, skip_concat, shortcut: strata's defaults, as bench/bench_model.cpp
+    builds them) or from such a dict (missing numbers take strata's defaults)."""
+    if plan is None or plan == "standard":
+        return {"kind": "standard"}
+    if isinstance(plan, str):
+        if plan in ("skip_split", "skip_concat"):
+            plan = {"kind": "skip_layer", "mode": plan.split("_")[1]}
+        elif plan == "shortcut":
+            plan = {"kind": "shortcut"}
+        else:
+            raise ValueError(f"unknown plan '{plan}', expected one of {', '.join(PLAN_NAMES)}")
+    p = dict(plan)
+    if p["kind"] == "skip_layer":
+        p.setdefault("distance", max(1, _lround(0.75 * L)))
+        p.setdefault("heads", max(1, _lround(0.75 * NH)))
+        p.setdefault("mode", "split")
+        if p["distance"] < 1 or not 0 <= p["heads"] <= NH or p["mode"] not in ("split", "concat"):
+            raise ValueError(f"bad skip-layer plan {p} for {L} layers x {NH} heads")
+    elif p["kind"] == "shortcut":
+        raw = set(p.get("depths") or [])
+        p["include_embeddings"] = bool(p.get("include_embeddings")) or 0 in raw  # idempotent
+        depths = sorted(raw - {0}) or list(range(1, L))  # none listed = all of 1..L-1
+        if any(not 1 <= r <= L - 1 for r in depths):
+            raise ValueError(f"shortcut depths {depths} outside 1..{L - 1}")
+        if p["include_embeddings"]:
+            depths = [0] + depths
+        p["depths"] = depths  # residual-stream depths, sorted, 0 = embeddings
+        p.setdefault("feature_width", 0)
+    elif p["kind"] != "standard":
+        raise ValueError(f"plan kind '{p['kind']}' is not supported here (custom tables)")
+    return p
+
+
+def plan_groups(plan, L, NH):
+    """groups[l] = [(h0, h1, sources)]: heads h0..h1-1 of block l attend, with one joint softmax,
+    over `sources`, each ("layer", j) = heads h0..h1-1 of the K/V block j computed from its own
+    input, or ("feature", r) = the shortcut feature of residual depth r projected with block l's
+    Wk/Wv. The same table as strata's AttentionPlan::table(), grouped into head ranges."""
+    groups = [[(0, NH, [("layer", l)])] for l in range(L)]
+    if plan["kind"] == "skip_layer":
+        d, n = plan["distance"], plan["heads"]
+        for l in range(d, L):
+            if n == 0:
+                continue
+            own, src = ("layer", l), ("layer", l - d)
+            g = [(0, n, [src] if plan["mode"] == "split" else [own, src])]
+            if n < NH:
+                g.append((n, NH, [own]))
+            groups[l] = g
+    elif plan["kind"] == "shortcut":
+        srcs = [("layer", L - 1) if r == L - 1 else ("feature", r) for r in plan["depths"]]
+        groups[L - 1] = [(0, NH, srcs)]
+    return groups
+
+
+# --------------------------------------------------------------------------------------------
+# The model (SPEC.md §1 and §2), built lazily so that --check-batches needs no torch.
+def build_model(torch, V, T, L, NH, C, mlp_ratio, plan=None):
+    """strata's GPT in PyTorch for any standard, skip-layer or shortcut plan (`plan`: a name of
+    PLAN_NAMES or strata's JSON dict; None = standard). model(idx, targets) is the mean loss,
+    model(idx) the logits [B, T, V]; new_cache(B) / forward_cached(idx, cache, pos) decode with
+    a KV cache. With the standard plan this is the plain nanoGPT computation, op for op."""
     import torch.nn as nn
     import torch.nn.functional as F
 
+    plan = resolve_plan(plan, L, NH)
+    groups = plan_groups(plan, L, NH)
+    hs = C // NH
+    scale = 1.0 / math.sqrt(hs)
+    # kv_heads[j]: the heads whose own K/V block j computes (read by some group of some block);
+    # a skip layer in split mode computes neither the K nor the V of its skip heads.
+    read = [set() for _ in range(L)]
+    for l in range(L):
+        for h0, h1, srcs in groups[l]:
+            for kind, j in srcs:
+                if kind == "layer":
+                    read[j].update(range(h0, h1))
+    kv_heads = [sorted(s) for s in read]
+    feat_depths = [j for g in groups for _, _, srcs in g for kind, j in srcs if kind == "feature"]
+    Cf = (plan.get("feature_width") or C) if plan["kind"] == "shortcut" else 0
+
+    def heads(t):  # [B, T, n*hs] -> [B, n, T, hs]
+        B, Tx, _ = t.shape
+        return t.view(B, Tx, -1, hs).transpose(1, 2)
+
+    def attend(q, srcs, mask):
+        """Causal attention of q [B, g, Tq, hs] over the sources [(k, v)], each [B, g, Tk, hs],
+        with one softmax; mask [Tq, Tk] (True = visible) or None (all visible)."""
+        if len(srcs) == 1:  # the plain form a PyTorch user writes
+            k, v = srcs[0]
+            att = (q @ k.transpose(-2, -1)) * scale
+            if mask is not None:
+                att = att.masked_fill(~mask, float("-inf"))
+            return att.softmax(-1) @ v
+        if q.shape[2] == 1:  # decoding one token: scores per source (no copy of the caches)
+            att = torch.cat([q @ k.transpose(-2, -1) for k, _ in srcs], -1) * scale
+            if mask is not None:
+                att = att.masked_fill(~mask.repeat(1, len(srcs)), float("-inf"))
+            p = att.softmax(-1).split([k.shape[2] for k, _ in srcs], -1)
+            return sum(pi @ v for pi, (_, v) in zip(p, srcs))
+        k = torch.cat([k for k, _ in srcs], 2)  # the keys of all sources side by side
+        v = torch.cat([v for _, v in srcs], 2)
+        att = (q @ k.transpose(-2, -1)) * scale
+        if mask is not None:
+            att = att.masked_fill(~mask.repeat(1, len(srcs)), float("-inf"))
+        return att.softmax(-1) @ v
+
     class Attention(nn.Module):
-        def __init__(self):
+        def __init__(self, l):
             super().__init__()
             self.c_attn = nn.Linear(C, 3 * C)  # rows: q, k, v blocks of C; head h owns h*hs..
             self.c_proj = nn.Linear(C, C)
-            self.register_buffer("mask", torch.tril(torch.ones(T, T, dtype=torch.bool)),
-                                 persistent=False)
+            self.kv = kv_heads[l]
+            self.pos = {h: i for i, h in enumerate(self.kv)}  # head -> index in this block's K/V
+            if len(self.kv) < NH:  # only q and the K/V rows that are read
+                rows = list(range(C)) + [base + h * hs + i for base in (C, 2 * C)
+                                         for h in self.kv for i in range(hs)]
+                self.register_buffer("rows", torch.tensor(rows), persistent=False)
 
-        def forward(self, x):
-            B, Tx, _ = x.shape
-            hs = C // NH
-            q, k, v = (t.view(B, Tx, NH, hs).transpose(1, 2) for t in self.c_attn(x).split(C, 2))
-            att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(hs))
-            att = att.masked_fill(~self.mask[:Tx, :Tx], float("-inf")).softmax(-1)
-            return self.c_proj((att @ v).transpose(1, 2).reshape(B, Tx, C))
+        def project(self, x):
+            """q [B, NH, T, hs] and the K, V [B, len(kv), T, hs] of the heads in self.kv."""
+            if len(self.kv) == NH:
+                return (heads(t) for t in self.c_attn(x).split(C, 2))
+            w = self.c_attn.weight.index_select(0, self.rows)
+            b = self.c_attn.bias.index_select(0, self.rows)
+            m = len(self.kv) * hs
+            return (heads(t) for t in F.linear(x, w, b).split([C, m, m], 2))
+
+        def source(self, h0, h1, kv):
+            """Heads h0..h1-1 of (k, v) = this block's own K/V (the heads of self.kv)."""
+            i = self.pos[h0]
+            assert self.kv[i:i + h1 - h0] == list(range(h0, h1)), "non-contiguous K/V heads"
+            if (i, h1 - h0) == (0, kv[0].shape[1]):
+                return kv
+            return kv[0][:, i:i + h1 - h0], kv[1][:, i:i + h1 - h0]
 
     class MLP(nn.Module):
         def __init__(self):
@@ -161,48 +287,145 @@ def build_model(torch, V, T, L, NH, C, mlp_ratio):
             return self.c_proj(F.gelu(self.c_fc(x), approximate="tanh"))
 
     class Block(nn.Module):
-        def __init__(self):
+        def __init__(self, l):
             super().__init__()
             self.ln_1 = nn.LayerNorm(C, eps=1e-5)
-            self.attn = Attention()
+            self.attn = Attention(l)
             self.ln_2 = nn.LayerNorm(C, eps=1e-5)
             self.mlp = MLP()
 
-        def forward(self, h):
-            a = h + self.attn(self.ln_1(h))
-            return a + self.mlp(self.ln_2(a))
+    class Feature(nn.Module):
+        """Shortcut feature map of one depth: LayerNorm, Linear C->Cf, GELU, Linear Cf->C."""
+
+        def __init__(self):
+            super().__init__()
+            self.ln = nn.LayerNorm(C, eps=1e-5)
+            self.fc = nn.Linear(C, Cf)
+            self.proj = nn.Linear(Cf, C)
+
+        def forward(self, x):
+            return self.proj(F.gelu(self.fc(self.ln(x)), approximate="tanh"))
+
+    def feature_name(r):  # SPEC.md §3: the 0-based block whose output feeds it, or "embed"
+        return "embed" if r == 0 else str(r - 1)
 
     class GPT(nn.Module):
         """State-dict names are SPEC.md §3's (transformer.wte.weight, transformer.h.{i}...)."""
 
         def __init__(self):
             super().__init__()
-            self.transformer = nn.ModuleDict(dict(
-                wte=nn.Embedding(V, C), wpe=nn.Embedding(T, C),
-                h=nn.ModuleList([Block() for _ in range(L)]), ln_f=nn.LayerNorm(C, eps=1e-5)))
+            modules = dict(wte=nn.Embedding(V, C), wpe=nn.Embedding(T, C),
+                           h=nn.ModuleList([Block(l) for l in range(L)]),
+                           ln_f=nn.LayerNorm(C, eps=1e-5))
+            if feat_depths:  # after the GPT-2 tensors, as in strata's ParameterLayout
+                modules["shortcut"] = nn.ModuleDict({feature_name(r): Feature()
+                                                     for r in feat_depths})
+            self.transformer = nn.ModuleDict(modules)
+            self.plan, self.groups, self.config = plan, groups, dict(
+                V=V, T=T, L=L, NH=NH, C=C, mlp_ratio=mlp_ratio)
             self.register_buffer("pos", torch.arange(T), persistent=False)
-            # init (strata's ParameterLayout): N(0, 0.02) for wte, wpe and Linear weights,
-            # N(0, 0.02/sqrt(2L)) for both c_proj weights, biases 0, LayerNorm 1/0.
+            self.register_buffer("mask", torch.tril(torch.ones(T, T, dtype=torch.bool)),
+                                 persistent=False)
+            # init (strata's ParameterLayout): N(0, 0.02) for wte, wpe, Linear weights and the
+            # shortcut features, N(0, 0.02/sqrt(2L)) for both c_proj weights of every block,
+            # biases 0, LayerNorm 1/0.
             std_res = 0.02 / math.sqrt(2.0 * L)
             with torch.no_grad():
                 for name, q in self.named_parameters():
                     if name.endswith("c_proj.weight"):
                         nn.init.normal_(q, 0.0, std_res)
-                    elif name.endswith("ln_1.weight") or name.endswith("ln_2.weight") \
-                            or name.endswith("ln_f.weight"):
+                    elif name.endswith(("ln_1.weight", "ln_2.weight", "ln_f.weight",
+                                        ".ln.weight")):
                         nn.init.ones_(q)
                     elif name.endswith(".bias"):
                         nn.init.zeros_(q)
-                    else:  # wte, wpe, c_attn.weight, c_fc.weight
+                    else:  # wte, wpe, c_attn.weight, c_fc.weight, shortcut fc/proj weights
                         nn.init.normal_(q, 0.0, 0.02)
 
-        def forward(self, idx, targets):
+        def _features(self, attn, states):
+            """{r: (K, V)} of the shortcut features of residual depths r, each state [B, T, C],
+            projected with the final block's Wk/Wv in one product."""
+            sc = self.transformer.shortcut
+            z = torch.cat([sc[feature_name(r)](states[r]) for r in feat_depths], 0)
+            kv = F.linear(z, attn.c_attn.weight[C:], attn.c_attn.bias[C:])
+            k, v = (heads(t).chunk(len(feat_depths), 0) for t in kv.split(C, 2))
+            return {r: (k[i], v[i]) for i, r in enumerate(feat_depths)}
+
+        def _attention(self, l, attn, q, kv_of, feats, mask):
+            """Output [B, T, C] (before c_proj) of block l's heads, group by group."""
+            outs = []
+            for h0, h1, srcs in self.groups[l]:
+                s = []
+                for kind, j in srcs:
+                    if kind == "layer":
+                        s.append(self.transformer.h[j].attn.source(h0, h1, kv_of[j]))
+                    else:
+                        k, v = feats[j]
+                        s.append((k[:, h0:h1], v[:, h0:h1]) if (h0, h1) != (0, NH) else (k, v))
+                outs.append(attend(q if (h0, h1) == (0, NH) else q[:, h0:h1], s, mask))
+            y = outs[0] if len(outs) == 1 else torch.cat(outs, 1)  # [B, NH, T, hs]
+            B, _, Tx, _ = y.shape
+            return y.transpose(1, 2).reshape(B, Tx, C)
+
+        def forward(self, idx, targets=None):
             tr = self.transformer
-            h = tr.wte(idx) + tr.wpe(self.pos[: idx.shape[1]])
-            for blk in tr.h:
-                h = blk(h)
+            Tx = idx.shape[1]
+            h = tr.wte(idx) + tr.wpe(self.pos[:Tx])
+            states = [h] if feat_depths else None  # residual depths, for the shortcuts
+            mask = self.mask[:Tx, :Tx]
+            kv_of = [None] * L
+            for l, blk in enumerate(tr.h):
+                q, k, v = blk.attn.project(blk.ln_1(h))
+                kv_of[l] = (k, v)
+                feats = self._features(blk.attn, states) if l == L - 1 and feat_depths else None
+                a = h + blk.attn.c_proj(self._attention(l, blk.attn, q, kv_of, feats, mask))
+                h = a + blk.mlp(blk.ln_2(a))
+                if states is not None:
+                    states.append(h)
             logits = F.linear(tr.ln_f(h), tr.wte.weight)  # tied embedding
+            if targets is None:
+                return logits
             return F.cross_entropy(logits.view(-1, V), targets.reshape(-1))
+
+        # ---- KV-cache decoding ----------------------------------------------------------------
+        def new_cache(self, B):
+            """Preallocated K/V buffers [B, heads, T, hs]: per block for the heads it computes,
+            and per shortcut feature depth."""
+            z = lambda n: torch.zeros(B, n, T, hs)  # noqa: E731
+            return dict(layers=[(z(len(kv)), z(len(kv))) for kv in kv_heads],
+                        feats={r: (z(NH), z(NH)) for r in feat_depths})
+
+        def forward_cached(self, idx, cache, pos):
+            """Logits [B, Tn, V] of tokens idx [B, Tn] at positions pos..pos+Tn-1, appending
+            their keys and values to the cache (which holds positions 0..pos-1)."""
+            tr = self.transformer
+            Tn = idx.shape[1]
+            end = pos + Tn
+            if end > T:
+                raise ValueError(f"forward_cached: position {end} exceeds the context {T}")
+            h = tr.wte(idx) + tr.wpe(self.pos[pos:end])
+            states = [h] if feat_depths else None
+            mask = None if Tn == 1 else self.mask[pos:end, :end]
+            kv_of = [None] * L
+            for l, blk in enumerate(tr.h):
+                q, k, v = blk.attn.project(blk.ln_1(h))
+                K, Vc = cache["layers"][l]
+                K[:, :, pos:end] = k
+                Vc[:, :, pos:end] = v
+                kv_of[l] = (K[:, :, :end], Vc[:, :, :end])
+                feats = None
+                if l == L - 1 and feat_depths:
+                    feats = {}
+                    for r, (kf, vf) in self._features(blk.attn, states).items():
+                        Kf, Vf = cache["feats"][r]
+                        Kf[:, :, pos:end] = kf
+                        Vf[:, :, pos:end] = vf
+                        feats[r] = (Kf[:, :, :end], Vf[:, :, :end])
+                a = h + blk.attn.c_proj(self._attention(l, blk.attn, q, kv_of, feats, mask))
+                h = a + blk.mlp(blk.ln_2(a))
+                if states is not None:
+                    states.append(h)
+            return F.linear(tr.ln_f(h), tr.wte.weight)
 
     return GPT()
 

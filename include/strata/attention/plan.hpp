@@ -207,21 +207,40 @@ class AttentionPlan {
     return t;
   }
 
-  /// One line for logs: "skip_layer(distance=3, heads=3, mode=split)".
-  std::string describe() const {
+  /// One line for logs: "skip_layer(distance=default, heads=3, mode=split)"; unset settings read
+  /// "default" (depths "all", feature width "C").
+  std::string describe() const { return describe_impl(0, 0, 0); }
+
+  /// The same with every default resolved for a model of n_layer blocks of n_head heads and width
+  /// n_embd: "skip_layer(distance=3, heads=3, mode=split)", "shortcut(depths=1,2,3,
+  /// feature_width=128, embeddings=no)".
+  std::string describe(int n_layer, int n_head, long n_embd) const {
+    return describe_impl(n_layer, n_head, n_embd);
+  }
+
+ private:
+  std::string describe_impl(int n_layer, int n_head, long n_embd) const {
+    const bool resolve = n_layer > 0;
     std::ostringstream os;
     switch (kind_) {
       case Kind::standard: os << "standard"; break;
       case Kind::skip_layer:
-        os << "skip_layer(distance=" << (distance_ ? std::to_string(*distance_) : "default")
-           << ", heads=" << (skip_heads_ ? std::to_string(*skip_heads_) : "default")
+        os << "skip_layer(distance="
+           << (resolve ? std::to_string(resolved_distance(n_layer))
+                       : distance_ ? std::to_string(*distance_) : "default")
+           << ", heads="
+           << (resolve ? std::to_string(resolved_skip_heads(n_head))
+                       : skip_heads_ ? std::to_string(*skip_heads_) : "default")
            << ", mode=" << to_string(mode_) << ")";
         break;
       case Kind::shortcut: {
         os << "shortcut(depths=";
-        if (depths_.empty()) os << "all";
-        for (size_t i = 0; i < depths_.size(); ++i) os << (i ? "," : "") << depths_[i];
-        os << ", feature_width=" << (feature_width_ ? std::to_string(feature_width_) : "C")
+        const std::vector<int> d = resolve ? resolved_depths(n_layer) : depths_;
+        if (d.empty()) os << "all";
+        for (size_t i = 0; i < d.size(); ++i) os << (i ? "," : "") << d[i];
+        os << ", feature_width="
+           << (feature_width_ ? std::to_string(feature_width_)
+                              : resolve ? std::to_string(n_embd) : "C")
            << ", embeddings=" << (include_embeddings_ ? "yes" : "no") << ")";
         break;
       }
@@ -230,7 +249,6 @@ class AttentionPlan {
     return os.str();
   }
 
- private:
   explicit AttentionPlan(Kind kind) : kind_(kind) {}
   Kind kind_ = Kind::standard;
   std::optional<int> distance_, skip_heads_;

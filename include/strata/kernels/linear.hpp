@@ -29,6 +29,22 @@ void linear_forward(MatrixRef<Scalar> out, ConstMatrixRef<Scalar> inp, ConstMatr
   out.noalias() += inp * weight.transpose();
 }
 
+/// out = residual + inp weight^T + bias: a projection back into the residual stream. One pass
+/// writes residual + bias and the product accumulates onto it, where a projection followed by
+/// `out += residual` would pass over out twice. out may alias residual (then out += ...).
+/// out, residual [N, OC].
+template <typename Scalar>
+void linear_forward(MatrixRef<Scalar> out, ConstMatrixRef<Scalar> inp, ConstMatrixRef<Scalar> weight,
+                    ConstVectorRef<Scalar> bias, ConstMatrixRef<Scalar> residual) {
+  detail::check_linear("linear_forward", out.rows(), out.cols(), inp.rows(), inp.cols(),
+                       weight.rows(), weight.cols());
+  detail::check_size("linear_forward", "bias", bias.size(), weight.rows());
+  detail::check_shape("linear_forward", "residual", residual.rows(), residual.cols(), out.rows(),
+                      out.cols());
+  out = residual.rowwise() + bias.transpose();
+  out.noalias() += inp * weight.transpose();
+}
+
 /// out = inp weight^T (no bias; e.g. the tied language-model head).
 template <typename Scalar>
 void linear_forward(MatrixRef<Scalar> out, ConstMatrixRef<Scalar> inp, ConstMatrixRef<Scalar> weight) {

@@ -104,6 +104,13 @@ class GPT {
   const ModelTensors<Scalar>& grads() const { return g_; }
   Index num_parameters() const { return layout_.total_size(); }
 
+  /// Bytes of activation and backward scratch memory the model holds now: the workspace of
+  /// forward/loss/forward_backward (sized by the largest batch seen) plus the one of
+  /// forward_cached (KV caches are the caller's and not counted). Parameters and gradients
+  /// (2 num_parameters() scalars) are not included either. Linear in batch x sequence length: the
+  /// attention keeps only its output and one log-sum-exp per query and head.
+  std::size_t workspace_bytes() const { return bytes_of(train_) + bytes_of(decode_); }
+
   /// Re-initialises every parameter from the configuration's seed.
   void init_parameters() {
     Rng rng(cfg_.seed);
@@ -396,13 +403,11 @@ class GPT {
                             cache->capacity_);
         }
       attention_forward<Scalar>(a.att, a.lse, a.qkv.leftCols(C), ws.sources[l], B, pos0);
-      linear_forward<Scalar>(a.res_attn, a.att, p.proj_w, p.proj_b);
-      a.res_attn += in;
+      linear_forward<Scalar>(a.res_attn, a.att, p.proj_w, p.proj_b, in);
       layernorm_forward<Scalar>(a.ln2, a.ln2_mean, a.ln2_rstd, a.res_attn, p.ln2_w, p.ln2_b);
       linear_forward<Scalar>(a.fc, a.ln2, p.fc_w, p.fc_b);
       gelu_forward<Scalar>(a.gelu, a.fc);
-      linear_forward<Scalar>(a.res_out, a.gelu, p.fcproj_w, p.fcproj_b);
-      a.res_out += a.res_attn;
+      linear_forward<Scalar>(a.res_out, a.gelu, p.fcproj_w, p.fcproj_b, a.res_attn);
     }
     layernorm_forward<Scalar>(ws.lnf, ws.lnf_mean, ws.lnf_rstd, ws.layers[L - 1].res_out, p_.lnf_w,
                               p_.lnf_b);
@@ -496,6 +501,19 @@ class GPT {
   ModelTensors<Scalar> p_, g_;
   std::vector<std::vector<std::pair<Index, Index>>> qkv_runs_;
   std::vector<int> feature_of_depth_;
+  static std::size_t bytes_of(const Workspace& ws) {
+    std::size_t n = 0;
+    const auto add = [&n](const auto&... m) { ((n += std::size_t(m.size())), ...); };
+    add(ws.embed, ws.lnf, ws.logits, ws.lnf_mean, ws.lnf_rstd, ws.ce_lse, ws.losses, ws.dres, ws.dln,
+        ws.datt, ws.dfc, ws.dgelu, ws.dlogits, ws.dz, ws.dfeat_fc, ws.dfeat_gelu);
+    for (const LayerActs& a : ws.layers)
+      add(a.ln1, a.qkv, a.att, a.lse, a.res_attn, a.ln2, a.fc, a.gelu, a.res_out, a.dqkv, a.ln1_mean,
+          a.ln1_rstd, a.ln2_mean, a.ln2_rstd);
+    for (const FeatureActs& f : ws.features)
+      add(f.ln, f.fc, f.gelu, f.z, f.kv, f.dkv, f.dres, f.mean, f.rstd);
+    return n * sizeof(Scalar);
+  }
+
   Workspace train_, decode_;
 };
 
