@@ -22,7 +22,8 @@ extern "C" char* openblas_get_config(void);
 
 namespace strata {
 
-/// Sets the number of threads used by strata's own parallel loops and by Eigen's products.
+/// Sets the number of threads used by strata's own parallel loops, by Eigen's products and, in a
+/// STRATA_USE_BLAS build with OpenBLAS, by OpenBLAS.
 /// n = 0 means "all hardware threads". Call it before the first model step.
 inline void set_num_threads(int n) {
   STRATA_CHECK(n >= 0, "set_num_threads: n = ", n, ", expected >= 0 (0 means all cores)");
