@@ -6,10 +6,11 @@
 
 #include <cstdlib>
 #include <cstring>
-#include <fstream>
 #include <string>
 
 #include <strata/strata.hpp>
+
+#include "cpu_model.hpp"
 
 namespace bench {
 
@@ -27,14 +28,6 @@ inline int take_threads_flag(int& argc, char** argv) {
   argc = out;
   strata::set_num_threads(threads);
   return strata::num_threads();
-}
-
-inline std::string cpu_model() {
-  std::ifstream in("/proc/cpuinfo");
-  std::string line;
-  while (std::getline(in, line))
-    if (line.rfind("model name", 0) == 0) return line.substr(line.find(':') + 2);
-  return "unknown";
 }
 
 inline void add_context() {

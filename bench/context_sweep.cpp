@@ -28,6 +28,8 @@
 
 #include <strata/strata.hpp>
 
+#include "cpu_model.hpp"
+
 namespace {
 
 using strata::Index;
@@ -125,14 +127,6 @@ bool reset_hwm() {
   f << "5";
   f.flush();
   return bool(f);
-}
-
-std::string cpu_model() {
-  std::ifstream in("/proc/cpuinfo");
-  std::string line;
-  while (std::getline(in, line))
-    if (line.rfind("model name", 0) == 0) return line.substr(line.find(':') + 2);
-  return "unknown";
 }
 
 // ---- memory of the model ------------------------------------------------------------------------
@@ -238,7 +232,7 @@ int main(int argc, char** argv) try {
     << ",\"txt_probs_standard_bytes\":" << mb.txt_probs_standard
     << ",\"param_state_bytes\":" << mb.param_state << std::defaultfloat << std::setprecision(6)
     << ",\"first_loss\":" << first_loss << ",\"last_loss\":" << last_loss
-    << ",\"eigen_simd\":\"" << Eigen::SimdInstructionSetsInUse() << "\",\"cpu\":\"" << cpu_model()
+    << ",\"eigen_simd\":\"" << Eigen::SimdInstructionSetsInUse() << "\",\"cpu\":\"" << bench::cpu_model()
     << "\",\"product_backend\":\"" << strata::product_backend()
     << "\",\"strata_version\":\"" << strata::version << "\"}";
   std::cout << o.str() << std::endl;
