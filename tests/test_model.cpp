@@ -1,42 +1,8 @@
-#define EIGEN_RUNTIME_NO_MALLOC  // must precede every include: Eigen reads it when first included
+#include "alloc_counter.hpp"  // first: it configures Eigen before Eigen is included
 // tests/test_model.cpp: the GPT model with the standard plan (SPEC.md §1, §2.1) — forward and loss
 // against the naive reference (tests/reference/model_reference.hpp), finite-difference gradients of
 // every parameter tensor, causality, KV-cache decoding, determinism, no heap allocation in a
 // training step, error messages, and generation.
-
-// In Release builds eigen_assert is off, and with it EIGEN_RUNTIME_NO_MALLOC's report. Route it to
-// a counter (which stays on in Release) so that a forbidden allocation is seen by the test.
-#include <atomic>
-#include <cstdio>
-#include <cstdlib>
-#include <new>
-namespace model_test {
-inline std::atomic<int> eigen_assert_failures{0};
-inline void eigen_assert_failed(const char* what) {
-  ++eigen_assert_failures;
-  std::fprintf(stderr, "eigen_assert failed: %s\n", what);
-}
-// Every operator new while counting is on (std::vector growth, strings, ...): Eigen's own
-// allocations go through malloc and are caught by the eigen_assert above instead.
-inline std::atomic<bool> count_allocations{false};
-inline std::atomic<long> allocations{0};
-}  // namespace model_test
-#define eigen_assert(x)                              \
-  do {                                               \
-    if (!(x)) ::model_test::eigen_assert_failed(#x); \
-  } while (false)
-
-void* operator new(std::size_t n) {
-  if (model_test::count_allocations.load(std::memory_order_relaxed)) ++model_test::allocations;
-  if (void* p = std::malloc(n ? n : 1)) return p;
-  throw std::bad_alloc();
-}
-// free() sits behind a call GCC does not inline: -Wmismatched-new-delete would pair it with new.
-namespace model_test {
-[[gnu::noinline]] void release(void* p) noexcept { std::free(p); }
-}  // namespace model_test
-void operator delete(void* p) noexcept { model_test::release(p); }
-void operator delete(void* p, std::size_t) noexcept { model_test::release(p); }
 
 #include <algorithm>
 #include <cmath>
@@ -411,41 +377,28 @@ TYPED_TEST(ModelTyped, SameSeedSameParametersAndGradients) {
 // no heap allocation in a training step once the workspace exists
 
 TEST(ModelNoMalloc, RuntimeCheckIsLive) {
-  model_test::eigen_assert_failures = 0;
+  alloc_counter::eigen_assert_failures = 0;
   Eigen::internal::set_is_malloc_allowed(false);
   { Matrix<double> m(10, 10); }
   Eigen::internal::set_is_malloc_allowed(true);
-  EXPECT_EQ(model_test::eigen_assert_failures.load(), 1);
-  model_test::eigen_assert_failures = 0;
-  model_test::allocations = 0;
-  model_test::count_allocations = true;
+  EXPECT_EQ(alloc_counter::eigen_assert_failures.load(), 1);
+  alloc_counter::eigen_assert_failures = 0;
+  alloc_counter::allocations = 0;
+  alloc_counter::counting = true;
   { std::vector<int> v(3); }
-  model_test::count_allocations = false;
-  EXPECT_EQ(model_test::allocations.load(), 1);
+  alloc_counter::counting = false;
+  EXPECT_EQ(alloc_counter::allocations.load(), 1);
 }
 
-// Scope of the check: strata's own code. Eigen's matrix product itself heap-allocates its packing
-// buffers when a block exceeds EIGEN_STACK_ALLOCATION_LIMIT (128 KiB; e.g. the MLP products of the
-// default C = 128 model) and whenever it runs multi-threaded (the packed left-hand side), which
-// strata cannot preallocate through Eigen's public API. The sizes below keep every product on
-// Eigen's stack path, and the larger case (several attention tiles, 2 threads would split its
-// products) runs Eigen's products on one thread. A STRATA_USE_BLAS build hands every product to
-// the BLAS library, which keeps its buffers for the life of the process: there the check also runs
-// the tiny model's full size (C 128, T 128) on every thread.
+// The whole training step of the tiny model's width (C 128, T 128) on every thread, in both product
+// back ends: strata's products keep their blocking buffers (kernels/gemm.hpp) and a BLAS library
+// keeps its own, so nothing is allocated after the first step. test_cpu_caches.cpp repeats this
+// under the cache sizes of other CPUs, which change the size of those buffers.
 TYPED_TEST(ModelTyped, TrainingStepAllocatesNothing) {
   using S = TypeParam;
-  const int eigen_threads = Eigen::nbThreads();
-  std::vector<Sizes> sizes{Sizes{2, 2, 8, 11, 8, 2, 5}, Sizes{2, 4, 32, 37, 80, 2, 70}};
-#if defined(EIGEN_USE_BLAS)
-  sizes.push_back(Sizes{2, 4, 128, 256, 128, 4, 128});
-#endif
-  for (const Sizes& s : sizes) {
+  for (const Sizes& s : {Sizes{2, 2, 8, 11, 8, 2, 5}, Sizes{2, 4, 32, 37, 80, 2, 70},
+                         Sizes{2, 4, 128, 256, 128, 4, 128}}) {
     SCOPED_TRACE(describe(s));
-#if defined(EIGEN_USE_BLAS)
-    Eigen::setNbThreads(eigen_threads);
-#else
-    Eigen::setNbThreads(s.T > 64 ? 1 : eigen_threads);
-#endif
     GPT<S> model(make_config(s));
     Rng rng(51);
     const TokenMatrix tokens = random_tokens(s.B, s.T, s.V, rng);
@@ -454,19 +407,14 @@ TYPED_TEST(ModelTyped, TrainingStepAllocatesNothing) {
     const strata::Vector<S> grad = model.gradients();
     // the arguments are bound to Refs before the check: a Ref of a plain matrix is a view
     const Eigen::Ref<const TokenMatrix> tok = tokens, tgt = targets;
-    model_test::eigen_assert_failures = 0;
-    model_test::allocations = 0;
-    model_test::count_allocations = true;
-    Eigen::internal::set_is_malloc_allowed(false);
-    const S second = model.forward_backward(tok, tgt);
-    Eigen::internal::set_is_malloc_allowed(true);
-    model_test::count_allocations = false;
-    EXPECT_EQ(model_test::eigen_assert_failures.load(), 0) << "Eigen allocated in the step";
-    EXPECT_EQ(model_test::allocations.load(), 0) << "operator new was called in the step";
+    S second{};
+    const auto [eigen_reports, news] =
+        alloc_counter::count([&] { second = model.forward_backward(tok, tgt); });
+    EXPECT_EQ(eigen_reports, 0) << "Eigen allocated in the step";
+    EXPECT_EQ(news, 0) << "operator new was called in the step";
     EXPECT_EQ(first, second);
     EXPECT_TRUE(grad == model.gradients());
   }
-  Eigen::setNbThreads(eigen_threads);
 }
 
 // The workspace grows linearly with the sequence length: no buffer is [T, T] (the attention keeps

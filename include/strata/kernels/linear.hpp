@@ -3,6 +3,7 @@
 
 #include "../core/types.hpp"
 #include "check.hpp"
+#include "gemm.hpp"
 
 namespace strata {
 
@@ -26,7 +27,7 @@ void linear_forward(MatrixRef<Scalar> out, ConstMatrixRef<Scalar> inp, ConstMatr
   // Broadcasting the bias first and accumulating the product saves a pass over out: an assigned
   // product would zero out before accumulating anyway.
   out.rowwise() = bias.transpose();
-  out.noalias() += inp * weight.transpose();
+  detail::product<true>(out, inp, weight.transpose());
 }
 
 /// out = residual + inp weight^T + bias: a projection back into the residual stream. One pass
@@ -42,7 +43,7 @@ void linear_forward(MatrixRef<Scalar> out, ConstMatrixRef<Scalar> inp, ConstMatr
   detail::check_shape("linear_forward", "residual", residual.rows(), residual.cols(), out.rows(),
                       out.cols());
   out = residual.rowwise() + bias.transpose();
-  out.noalias() += inp * weight.transpose();
+  detail::product<true>(out, inp, weight.transpose());
 }
 
 /// out = inp weight^T (no bias; e.g. the tied language-model head).
@@ -50,7 +51,7 @@ template <typename Scalar>
 void linear_forward(MatrixRef<Scalar> out, ConstMatrixRef<Scalar> inp, ConstMatrixRef<Scalar> weight) {
   detail::check_linear("linear_forward", out.rows(), out.cols(), inp.rows(), inp.cols(),
                        weight.rows(), weight.cols());
-  out.noalias() = inp * weight.transpose();
+  detail::product<false>(out, inp, weight.transpose());
 }
 
 /// Mirror of linear_forward (out = inp weight^T + bias):
@@ -66,8 +67,8 @@ void linear_backward(MatrixRef<Scalar> dinp, MatrixRef<Scalar> dweight, VectorRe
   detail::check_shape(fn, "dinp", dinp.rows(), dinp.cols(), inp.rows(), inp.cols());
   detail::check_shape(fn, "dweight", dweight.rows(), dweight.cols(), weight.rows(), weight.cols());
   detail::check_size(fn, "dbias", dbias.size(), weight.rows());
-  dinp.noalias() += dout * weight;
-  dweight.noalias() += dout.transpose() * inp;
+  detail::product<true>(dinp, dout, weight);
+  detail::product<true>(dweight, dout.transpose(), inp);
   dbias.transpose() += dout.colwise().sum();
 }
 
@@ -80,8 +81,8 @@ void linear_backward(MatrixRef<Scalar> dinp, MatrixRef<Scalar> dweight, ConstMat
                        weight.cols(), "dout");
   detail::check_shape(fn, "dinp", dinp.rows(), dinp.cols(), inp.rows(), inp.cols());
   detail::check_shape(fn, "dweight", dweight.rows(), dweight.cols(), weight.rows(), weight.cols());
-  dinp.noalias() += dout * weight;
-  dweight.noalias() += dout.transpose() * inp;
+  detail::product<true>(dinp, dout, weight);
+  detail::product<true>(dweight, dout.transpose(), inp);
 }
 
 }  // namespace strata
