@@ -2,11 +2,14 @@
 // them, every malformed-file error with its exact message, and atomic writes.
 #include <signal.h>
 #include <sys/resource.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <cmath>
+#include <csignal>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -561,7 +564,7 @@ TEST_F(Safetensors, WriteRejectsBadInputBeforeTouchingTheDisk) {
 
 TEST_F(Safetensors, FailedWritesLeaveTheOldFileIntact) {
   const std::string path = file("ckpt.safetensors");
-  const std::string temp = path + ".tmp." + std::to_string(::getpid());
+  const std::string temp = path + ".tmp";
   const std::string where = "checkpoint " + path + ": ";
   const std::vector<float> old_data = {1, 2, 3, 4};
   write_safetensors(path, {{"w", DType::F32, {4}, old_data.data()}}, {{"step", "1"}});
@@ -603,18 +606,18 @@ TEST_F(Safetensors, FailedWritesLeaveTheOldFileIntact) {
   EXPECT_EQ(error_of([&] {
               write_safetensors(dir_target, {{"w", DType::F32, {4}, old_data.data()}}, {});
             }),
-            "checkpoint " + dir_target + ": cannot rename " + dir_target + ".tmp."
-                + std::to_string(::getpid()) + " to " + dir_target + ": Is a directory");
+            "checkpoint " + dir_target + ": cannot rename " + dir_target + ".tmp to " + dir_target
+                + ": Is a directory");
   EXPECT_EQ(listing(), (std::vector<std::string>{"ckpt.safetensors", "taken"}));
   fs::remove_all(dir_target);
 
   // A directory that does not exist: nothing is created.
   const std::string nowhere = file("no_such_dir/ckpt.safetensors");
-  EXPECT_EQ(error_of([&] {
-              write_safetensors(nowhere, {{"w", DType::F32, {4}, old_data.data()}}, {});
-            }),
-            "checkpoint " + nowhere + ": cannot create " + nowhere + ".tmp."
-                + std::to_string(::getpid()) + ": No such file or directory");
+  EXPECT_EQ(
+      error_of([&] {
+        write_safetensors(nowhere, {{"w", DType::F32, {4}, old_data.data()}}, {});
+      }),
+      "checkpoint " + nowhere + ": cannot create " + nowhere + ".tmp: No such file or directory");
   EXPECT_EQ(listing(), only_old);
   EXPECT_EQ(read_raw(path), old_bytes);
 
@@ -630,14 +633,165 @@ TEST_F(Safetensors, FailedWritesLeaveTheOldFileIntact) {
   EXPECT_EQ(back, new_data);
 }
 
+TEST_F(Safetensors, FromBytesReadsAsTheFileDoes) {
+  const std::string path = file("ckpt.safetensors");
+  const std::vector<float> a = {1, 2, 3};
+  write_safetensors(path, {{"a", DType::F32, {3}, a.data()}}, {{"k", "v"}});
+  const std::string raw = read_raw(path);
+  const auto f = SafetensorsFile::from_bytes({raw.begin(), raw.end()}, "in memory");
+  EXPECT_EQ(f.path(), "in memory");
+  EXPECT_EQ(f.metadata().at("k"), "v");
+  std::vector<float> back(3);
+  f.copy_to("a", {3}, back.data());
+  EXPECT_EQ(back, a);
+  // The same validation, the name in place of the path.
+  const std::string cut = raw.substr(0, raw.size() - 1);
+  EXPECT_EQ(error_of([&] {
+              (void)SafetensorsFile::from_bytes({cut.begin(), cut.end()}, "mem");
+            }),
+            "checkpoint mem: tensor 'a': data_offsets [0, 12] exceed the data buffer of 11 bytes");
+}
+
 TEST_F(Safetensors, StaleTemporaryIsOverwritten) {
   // A temporary left behind by a crashed writer with the same pid does not get in the way.
   const std::string path = file("ckpt.safetensors");
-  write_raw(path + ".tmp." + std::to_string(::getpid()), std::string(1000, 'x'));
+  write_raw(path + ".tmp", std::string(1000, 'x'));
   const std::vector<float> a = {1, 2};
   write_safetensors(path, {{"a", DType::F32, {2}, a.data()}}, {});
   EXPECT_EQ(listing(), std::vector<std::string>{"ckpt.safetensors"});
   EXPECT_EQ(SafetensorsFile::read(path).shape("a"), std::vector<Index>{2});
+}
+
+// ---- crash leftovers (io/atomic_file.hpp)
+// -----------------------------------------------------------------
+
+namespace crash {
+
+/// Runs body in a child process and returns the signal that ended it (0 if it exited).
+template <typename Body>
+int killed_by(Body body) {
+  const pid_t pid = ::fork();
+  if (pid == 0) {
+    body();
+    std::_Exit(0);
+  }
+  int status = 0;
+  if (pid < 0 || ::waitpid(pid, &status, 0) != pid) return -1;
+  return WIFSIGNALED(status) ? WTERMSIG(status) : 0;
+}
+
+/// The id of a process that has exited (and been reaped), so certainly not running.
+long long dead_pid() {
+  const pid_t pid = ::fork();
+  if (pid == 0) std::_Exit(0);
+  int status = 0;
+  ::waitpid(pid, &status, 0);
+  return pid;
+}
+
+}  // namespace crash
+
+TEST_F(Safetensors, KilledWritesLeaveOneTemporaryThatTheNextWriteReuses) {
+  const std::string path = file("ckpt.safetensors");
+  const std::vector<float> old_data = {1, 2, 3, 4};
+  write_safetensors(path, {{"w", DType::F32, {4}, old_data.data()}}, {{"step", "1"}});
+  const std::string old_bytes = read_raw(path);
+  const std::vector<float> big(1 << 18, 5.0f);  // 1 MiB
+
+  for (int round = 0; round < 10; ++round) {
+    int sig = 0;
+    if (round % 2 == 0) {
+      // Killed by the kernel inside write_safetensors, mid-way through the data (SIGXFSZ at the
+      // file-size limit, whose default action ends the process like kill -9: no cleanup runs).
+      sig = crash::killed_by([&] {
+        rlimit no_core{0, 0}, fsize{};
+        ::setrlimit(RLIMIT_CORE, &no_core);
+        ::getrlimit(RLIMIT_FSIZE, &fsize);
+        fsize.rlim_cur = 65536;
+        ::setrlimit(RLIMIT_FSIZE, &fsize);
+        ::signal(SIGXFSZ, SIG_DFL);
+        write_safetensors(path, {{"w", DType::F32, {1 << 18}, big.data()}}, {});
+      });
+      EXPECT_EQ(sig, SIGXFSZ) << "round " << round;
+    } else {
+      // kill -9 with a half-written temporary.
+      sig = crash::killed_by([&] {
+        strata::io::AtomicFile out(path);
+        out.write(big.data(), 100000);
+        ::kill(::getpid(), SIGKILL);
+      });
+      EXPECT_EQ(sig, SIGKILL) << "round " << round;
+    }
+    // The checkpoint is untouched and loads; one temporary at most is left beside it.
+    EXPECT_EQ(read_raw(path), old_bytes) << "round " << round;
+    EXPECT_EQ(SafetensorsFile::read(path).metadata().at("step"), "1");
+    EXPECT_EQ(listing(), (std::vector<std::string>{"ckpt.safetensors", "ckpt.safetensors.tmp"}))
+        << "round " << round;
+    EXPECT_GT(fs::file_size(path + ".tmp"), 1000u) << "round " << round;
+  }
+  // The next write reuses the leftover: nothing but the checkpoint remains.
+  const std::vector<float> new_data = {9, 8};
+  write_safetensors(path, {{"v", DType::F32, {2}, new_data.data()}}, {{"step", "2"}});
+  EXPECT_EQ(listing(), std::vector<std::string>{"ckpt.safetensors"});
+  EXPECT_EQ(SafetensorsFile::read(path).metadata().at("step"), "2");
+}
+
+TEST_F(Safetensors, SecondWriterOfTheSameFileIsRefused) {
+  const std::string path = file("ckpt.safetensors");
+  const std::vector<float> a = {1, 2};
+  write_safetensors(path, {{"a", DType::F32, {2}, a.data()}}, {});
+  const std::string old_bytes = read_raw(path);
+  {
+    strata::io::AtomicFile first(path);  // a save in progress holds the temporary's lock
+    first.write("partial", 7);
+    EXPECT_EQ(error_of([&] {
+                write_safetensors(path, {{"a", DType::F32, {2}, a.data()}}, {});
+              }),
+              "checkpoint " + path + ": " + path + ".tmp is locked by another process writing "
+                  + path + " (two runs saving to the same file?)");
+    EXPECT_EQ(read_raw(path), old_bytes);
+    EXPECT_EQ(read_raw(path + ".tmp"), "partial");  // the first writer's bytes are untouched
+  }
+  // The first writer gave up (no commit): its temporary is gone, the file is as before.
+  EXPECT_EQ(listing(), std::vector<std::string>{"ckpt.safetensors"});
+  EXPECT_EQ(read_raw(path), old_bytes);
+
+  // Once a writer has committed, the name is free again: the next write goes through.
+  {
+    strata::io::AtomicFile first(path);
+    first.write(old_bytes.data(), old_bytes.size());
+    first.commit();
+    write_safetensors(path, {{"b", DType::F32, {2}, a.data()}}, {});
+  }
+  EXPECT_EQ(SafetensorsFile::read(path).names(), std::vector<std::string>{"b"});
+  EXPECT_EQ(listing(), std::vector<std::string>{"ckpt.safetensors"});
+}
+
+TEST_F(Safetensors, WriteRemovesOnlyItsOwnDeadTemporariesOfEarlierVersions) {
+  // Earlier versions wrote through "<path>.tmp.<pid>"; files of processes that are gone are
+  // removed, everything else stays.
+  const std::string path = file("ckpt.safetensors");
+  const std::string dead = std::to_string(crash::dead_pid());
+  const std::vector<std::string> kept = {
+      "ckpt.safetensors.tmp." + std::to_string(::getpid()),   // this process
+      "ckpt.safetensors.tmp." + std::to_string(::getppid()),  // a running process
+      "ckpt.safetensors.tmp.12a",                             // not a pid
+      "ckpt.safetensors.tmp.",                                // no pid
+      "ckpt.safetensors.tmpx" + dead,                         // another pattern
+      "other.safetensors.tmp." + dead,                        // another file's temporary
+  };
+  for (const std::string& name : kept) write_raw(file(name), "x");
+  write_raw(file("ckpt.safetensors.tmp." + dead), std::string(100, 'x'));
+  fs::create_directory(file("ckpt.safetensors.tmp.1"));  // a directory, even if pid 1 were gone
+
+  const std::vector<float> a = {1, 2};
+  write_safetensors(path, {{"a", DType::F32, {2}, a.data()}}, {});
+  std::vector<std::string> expected = kept;
+  expected.push_back("ckpt.safetensors");
+  expected.push_back("ckpt.safetensors.tmp.1");
+  std::sort(expected.begin(), expected.end());
+  EXPECT_EQ(listing(), expected);
+  EXPECT_EQ(strata::io::remove_stale_temporaries(path), 0);
 }
 
 }  // namespace

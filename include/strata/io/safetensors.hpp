@@ -33,19 +33,9 @@
 
 #include <nlohmann/json.hpp>
 
-#if defined(_WIN32)
-#include <fcntl.h>
-#include <io.h>
-#include <process.h>
-#include <sys/stat.h>
-#else
-#include <fcntl.h>
-#include <sys/stat.h>
-#include <unistd.h>
-#endif
-
 #include "strata/core/error.hpp"
 #include "strata/core/types.hpp"
+#include "strata/io/atomic_file.hpp"
 
 #if defined(__BYTE_ORDER__) && defined(__ORDER_BIG_ENDIAN__) \
     && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
@@ -132,10 +122,6 @@ inline bool element_count(const std::vector<Index>& shape, std::uint64_t& out) {
   return true;
 }
 
-inline std::string errno_text(int err) {
-  return std::error_code(err, std::generic_category()).message();
-}
-
 /// A JSON value as text for an error message, cut short if long.
 inline std::string brief(const nlohmann::json& j) {
   std::string s = j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
@@ -150,113 +136,13 @@ inline std::string json_type(const nlohmann::json& j) {
   return (vowel ? "an " : "a ") + t;
 }
 
-#if defined(_WIN32)
-inline int sys_open_read(const char* p) { return ::_open(p, _O_RDONLY | _O_BINARY); }
-inline int sys_open_write(const char* p) {
-  return ::_open(p, _O_WRONLY | _O_CREAT | _O_TRUNC | _O_BINARY, _S_IREAD | _S_IWRITE);
-}
-inline long long sys_read(int fd, void* buf, std::size_t n) {
-  return ::_read(fd, buf, static_cast<unsigned>(std::min<std::size_t>(n, 1u << 30)));
-}
-inline long long sys_write(int fd, const void* buf, std::size_t n) {
-  return ::_write(fd, buf, static_cast<unsigned>(std::min<std::size_t>(n, 1u << 30)));
-}
-inline int sys_sync(int fd) { return ::_commit(fd); }
-inline std::size_t sys_size_hint(int fd) {
-  struct _stat64 st;
-  return ::_fstat64(fd, &st) == 0 && st.st_size > 0 ? static_cast<std::size_t>(st.st_size) : 0;
-}
-inline int sys_close(int fd) { return ::_close(fd); }
-inline long long sys_pid() { return ::_getpid(); }
-inline void sync_directory(const std::string&) {}
-#else
-inline int sys_open_read(const char* p) { return ::open(p, O_RDONLY | O_CLOEXEC); }
-inline int sys_open_write(const char* p) {
-  return ::open(p, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-}
-inline long long sys_read(int fd, void* buf, std::size_t n) {
-  return ::read(fd, buf, std::min<std::size_t>(n, std::size_t{1} << 30));
-}
-inline long long sys_write(int fd, const void* buf, std::size_t n) {
-  return ::write(fd, buf, std::min<std::size_t>(n, std::size_t{1} << 30));
-}
-inline int sys_sync(int fd) { return ::fsync(fd); }
-inline std::size_t sys_size_hint(int fd) {
-  struct stat st;
-  return ::fstat(fd, &st) == 0 && st.st_size > 0 ? static_cast<std::size_t>(st.st_size) : 0;
-}
-inline int sys_close(int fd) { return ::close(fd); }
-inline long long sys_pid() { return static_cast<long long>(::getpid()); }
-/// Best effort: makes the rename itself durable. Failure is ignored (the file is already in place).
-inline void sync_directory(const std::string& path) {
-  std::string dir = std::filesystem::path(path).parent_path().string();
-  if (dir.empty()) dir = ".";
-  const int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (fd < 0) return;
-  (void)::fsync(fd);
-  (void)::close(fd);
-}
-#endif
-
-/// The temporary file of an atomic write: closed and removed unless committed.
-class TempFile {
- public:
-  TempFile(std::string target, std::string temp)
-      : target_(std::move(target)), temp_(std::move(temp)) {
-    fd_ = sys_open_write(temp_.c_str());
-    if (fd_ < 0) fail_errno("cannot create ");
-  }
-  TempFile(const TempFile&) = delete;
-  TempFile& operator=(const TempFile&) = delete;
-  ~TempFile() {
-    if (fd_ >= 0) (void)sys_close(fd_);
-    if (!committed_) std::remove(temp_.c_str());
-  }
-
-  void write(const void* data, std::size_t n) {
-    const char* p = static_cast<const char*>(data);
-    while (n > 0) {
-      const long long w = sys_write(fd_, p, n);
-      if (w < 0) {
-        if (errno == EINTR) continue;
-        fail_errno("cannot write ");
-      }
-      if (w == 0) fail("checkpoint ", target_, ": cannot write ", temp_, ": no progress");
-      p += w;
-      n -= static_cast<std::size_t>(w);
-    }
-  }
-
-  /// fsync, close, rename over the target, sync the directory.
-  void commit() {
-    if (sys_sync(fd_) != 0) fail_errno("cannot sync ");
-    const int fd = fd_;
-    fd_ = -1;
-    if (sys_close(fd) != 0) fail_errno("cannot close ");
-    std::error_code ec;
-    std::filesystem::rename(temp_, target_, ec);
-    if (ec)
-      fail("checkpoint ", target_, ": cannot rename ", temp_, " to ", target_, ": ", ec.message());
-    committed_ = true;
-    sync_directory(target_);
-  }
-
- private:
-  [[noreturn]] void fail_errno(const char* what) const {
-    const int err = errno;
-    fail("checkpoint ", target_, ": ", what, temp_, ": ", errno_text(err));
-  }
-
-  std::string target_, temp_;
-  int fd_ = -1;
-  bool committed_ = false;
-};
-
 }  // namespace detail
 
-/// Writes a safetensors file atomically: to "<path>.tmp.<pid>" in the same directory, fsync, then
-/// rename over path, so a crash or error mid-write never destroys an existing file at path. On any
-/// failure the temporary is removed and strata::Error names the path and the reason (errno text).
+/// Writes a safetensors file atomically (AtomicFile, io/atomic_file.hpp): to "<path>.tmp" in the
+/// same directory, fsync, then rename over path, so a crash or error mid-write never destroys an
+/// existing file at path. On any failure the temporary is removed and strata::Error names the path
+/// and the reason (errno text). A process killed mid-write leaves at most that one temporary,
+/// which the next write of path reuses.
 /// Tensors are stored back to back in the order given; the header is padded with spaces so that
 /// the data buffer starts at a multiple of 8. Duplicate names, the reserved name "__metadata__",
 /// negative dimensions and a null data pointer for a non-empty tensor are errors (raised before
@@ -317,7 +203,7 @@ inline void write_safetensors(const std::string& path, const std::vector<TensorV
     n >>= 8;
   }
 
-  detail::TempFile file(path, path + ".tmp." + std::to_string(detail::sys_pid()));
+  AtomicFile file(path);
   file.write(length, sizeof length);
   file.write(text.data(), text.size());
   for (std::size_t i = 0; i < tensors.size(); ++i) file.write(tensors[i].data, bytes[i]);
@@ -334,6 +220,17 @@ class SafetensorsFile {
     SafetensorsFile f;
     f.path_ = path;
     f.load();
+    f.parse();
+    return f;
+  }
+
+  /// Validates the bytes of a whole file already in memory, as read() does; `name` stands for the
+  /// path in error messages ("checkpoint <name>: ...") and in path().
+  static SafetensorsFile from_bytes(std::vector<unsigned char> bytes, const std::string& name) {
+    detail::check_little_endian();
+    SafetensorsFile f;
+    f.path_ = name;
+    f.bytes_ = std::move(bytes);
     f.parse();
     return f;
   }
