@@ -13,6 +13,7 @@
 #include "../core/error.hpp"
 #include "../model/gpt.hpp"
 #include "config_json.hpp"
+#include "limits.hpp"
 #include "safetensors.hpp"
 
 namespace strata {
@@ -52,6 +53,14 @@ inline ModelConfig read_config(const SafetensorsFile& file) {
   return config_from_json(j, where);
 }
 
+/// The configuration a checkpoint was saved with, after checking that the file holds exactly its
+/// tensors with their shapes: a model built from it allocates no more than the file's data.
+inline ModelConfig read_checked_config(const SafetensorsFile& file) {
+  ModelConfig cfg = read_config(file);
+  check_tensors_match(file, cfg);
+  return cfg;
+}
+
 /// Throws when the model was configured differently from the checkpoint (the seed may differ).
 inline void check_same_config(const SafetensorsFile& file, const ModelConfig& model_cfg) {
   const nlohmann::json saved = config_to_json(read_config(file));
@@ -67,7 +76,7 @@ inline void check_same_config(const SafetensorsFile& file, const ModelConfig& mo
 
 /// Reads the model configuration stored in a checkpoint (to build a model that fits it).
 inline ModelConfig read_checkpoint_config(const std::string& path) {
-  return io::read_config(io::SafetensorsFile::read(path));
+  return io::read_checked_config(io::SafetensorsFile::read(path));
 }
 
 /// Saves the model's parameters and configuration, atomically (a temporary file renamed over
@@ -113,7 +122,9 @@ void check_model_tensors(const SafetensorsFile& file, const GPT<Scalar>& model) 
 template <typename Scalar>
 void load_checkpoint(const io::SafetensorsFile& file, GPT<Scalar>& model) {
   io::check_model_tensors(file, model);
-  model.parameters() = io::read_arena<Scalar>(file, model.layout());
+  Vector<Scalar> params = io::read_arena<Scalar>(file, model.layout());
+  io::check_finite(params.data(), model.layout(), "", "checkpoint " + file.path() + ": ");
+  model.parameters() = std::move(params);
 }
 
 template <typename Scalar>
@@ -125,7 +136,7 @@ void load_checkpoint(const std::string& path, GPT<Scalar>& model) {
 template <typename Scalar>
 std::unique_ptr<GPT<Scalar>> load_model(const std::string& path) {
   const io::SafetensorsFile file = io::SafetensorsFile::read(path);
-  auto model = std::make_unique<GPT<Scalar>>(io::read_config(file));
+  auto model = std::make_unique<GPT<Scalar>>(io::read_checked_config(file));
   load_checkpoint(file, *model);
   return model;
 }

@@ -8,6 +8,7 @@
 #include "../attention/plan.hpp"
 #include "../core/error.hpp"
 #include "../model/config.hpp"
+#include "limits.hpp"
 
 namespace strata::io {
 
@@ -101,17 +102,7 @@ inline nlohmann::json config_to_json(const ModelConfig& c) {
 /// Parses and validates a configuration; `where` prefixes error messages.
 inline ModelConfig config_from_json(const nlohmann::json& j, const std::string& where) {
   ModelConfig c;
-  try {
-    c.vocab_size = j.at("vocab_size").get<Index>();
-    c.context_length = j.at("context_length").get<Index>();
-    c.n_layer = j.at("n_layer").get<Index>();
-    c.n_head = j.at("n_head").get<Index>();
-    c.n_embd = j.at("n_embd").get<Index>();
-    c.mlp_ratio = j.at("mlp_ratio").get<Index>();
-    c.seed = j.at("seed").get<std::uint64_t>();
-  } catch (const nlohmann::json::exception& e) {
-    fail(where, ": malformed model configuration: ", e.what());
-  }
+  read_model_sizes(j, c, where);  // types and fixed limits (limits.hpp), before any allocation
   if (!j.contains("attention")) fail(where, ": model configuration has no 'attention' plan");
   c.attention = plan_from_json(j.at("attention"), where);
   try {

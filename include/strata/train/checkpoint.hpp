@@ -10,6 +10,7 @@
 #include "../core/error.hpp"
 #include "../core/rng.hpp"
 #include "../io/checkpoint.hpp"
+#include "../io/limits.hpp"
 #include "adamw.hpp"
 
 namespace strata {
@@ -44,17 +45,50 @@ inline TrainState read_train_state(const io::SafetensorsFile& file, Index* adam_
   if (it == file.metadata().end())
     fail("checkpoint ", file.path(), ": no 'strata.train' metadata; it holds weights only and "
          "cannot resume training (use it with generate instead)");
-  TrainState s;
+  const std::string where = "checkpoint " + file.path();
+  nlohmann::json j;
   try {
-    const nlohmann::json j = nlohmann::json::parse(it->second);
-    s.step = j.at("step").get<Index>();
-    s.batches_drawn = j.at("batches_drawn").get<Index>();
-    s.data_rng = j.at("data_rng").get<Rng::State>();
-    if (adam_step) *adam_step = j.at("adam_step").get<Index>();
-    s.options = j.at("options");
+    j = nlohmann::json::parse(it->second);
   } catch (const nlohmann::json::exception& e) {
-    fail("checkpoint ", file.path(), ": malformed 'strata.train' metadata: ", e.what());
+    fail(where, ": malformed 'strata.train' metadata: ", e.what());
   }
+  // Every number is read with its type and range checked (io/limits.hpp): a step count or batch
+  // size from a file is untrusted until then.
+  const std::string what = "training state";
+  const Index max = io::ModelLimits::max_count;
+  TrainState s;
+  s.step = io::read_bounded(j, "step", 0, max, where, what);
+  s.batches_drawn = io::read_bounded(j, "batches_drawn", 0, max, where, what);
+  const Index saved_adam_step = io::read_bounded(j, "adam_step", 0, max, where, what);
+  if (saved_adam_step > s.step)
+    fail(where, ": training state 'adam_step' is ", saved_adam_step, ", expected at most 'step' ",
+         s.step);
+  if (adam_step) *adam_step = saved_adam_step;
+  const auto rng = j.find("data_rng");
+  bool rng_ok = rng != j.end() && rng->is_array() && rng->size() == s.data_rng.size();
+  for (std::size_t i = 0; rng_ok && i < s.data_rng.size(); ++i) {
+    rng_ok = (*rng)[i].is_number_unsigned() || ((*rng)[i].is_number_integer() && (*rng)[i] >= 0);
+    if (rng_ok) s.data_rng[i] = (*rng)[i].get<std::uint64_t>();
+  }
+  if (!rng_ok)
+    fail(where, ": training state 'data_rng' is ",
+         rng == j.end() ? std::string("missing") : io::detail::value_text(*rng), ", expected ",
+         s.data_rng.size(), " unsigned 64-bit integers");
+  const auto options = j.find("options");
+  if (options == j.end() || !options->is_object())
+    fail(where, ": training state 'options' is ",
+         options == j.end() ? std::string("missing") : io::detail::value_text(*options),
+         ", expected an object");
+  const std::string in_options = "training options";
+  for (const char* key : {"steps", "batch", "eval_interval", "eval_batches"})
+    (void)io::read_bounded(*options, key, 1, max, where, in_options);
+  (void)io::read_bounded(*options, "seq_len", 0, io::ModelLimits::max_context_length, where,
+                         in_options);
+  (void)io::read_bounded(*options, "warmup", 0, max, where, in_options);
+  for (const char* key : {"lr", "min_lr", "weight_decay", "beta1", "beta2", "eps", "grad_clip"})
+    (void)io::read_finite(*options, key, where, in_options);
+  (void)io::read_unsigned(*options, "data_seed", where, in_options);
+  s.options = *options;
   return s;
 }
 
@@ -70,6 +104,10 @@ TrainState load_training_checkpoint(const io::SafetensorsFile& file, GPT<Scalar>
   Vector<Scalar> params = io::read_arena<Scalar>(file, model.layout());
   Vector<Scalar> m = io::read_arena<Scalar>(file, model.layout(), "optimizer.m.");
   Vector<Scalar> v = io::read_arena<Scalar>(file, model.layout(), "optimizer.v.");
+  const std::string where = "checkpoint " + file.path() + ": ";
+  io::check_finite(params.data(), model.layout(), "", where);
+  io::check_finite(m.data(), model.layout(), "optimizer.m.", where);
+  io::check_finite(v.data(), model.layout(), "optimizer.v.", where, /*non_negative=*/true);
   model.parameters() = std::move(params);
   opt.m() = std::move(m);
   opt.v() = std::move(v);
