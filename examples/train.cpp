@@ -5,6 +5,7 @@
 //   build/examples/train                                  # the tiny default model, 2000 steps
 //   build/examples/train --attention skip --skip-heads 2   # skip-layer attention
 //   build/examples/train --resume out/model.safetensors    # continue a saved run
+//   mpirun -np 2 build/examples/train                      # data parallel (STRATA_USE_MPI=ON)
 #include <unistd.h>
 
 #include <atomic>
@@ -15,8 +16,13 @@
 #include <iostream>
 #include <memory>
 #include <optional>
+#include <thread>
 
 #include "cli_common.hpp"
+
+#if defined(STRATA_HAVE_MPI)
+#include <strata/train/distributed.hpp>
+#endif
 
 namespace {
 
@@ -41,6 +47,14 @@ struct Flags {
   double temperature = 0.8;
   Index top_k = 40;
   bool quiet = false;
+  bool deterministic_reduce = false;  // MPI builds: --deterministic-reduce
+};
+
+// Under mpirun (MPI builds): this process's rank, the rank count and the ranks on this host. Rank 0
+// alone prints, logs, writes checkpoints and samples.
+struct Ranks {
+  int rank = 0, size = 1, local = 1;
+  bool root() const { return rank == 0; }
 };
 
 // Prints a one-line progress bar on a terminal, or a plain line every ~5% when the output is a
@@ -91,8 +105,11 @@ void ensure_parent_dir(const std::string& path) {
   if (!parent.empty()) std::filesystem::create_directories(parent);
 }
 
-int run(Flags& f, CLI::App& app) {
-  strata::set_num_threads(f.threads);
+int run(Flags& f, CLI::App& app, const Ranks& ranks) {
+  // Ranks on one host share its cores: by default each takes its share.
+  const int hardware = int(std::max(1u, std::thread::hardware_concurrency()));
+  strata::set_num_threads(f.threads > 0 || ranks.local <= 1 ? f.threads
+                                                            : std::max(1, hardware / ranks.local));
   std::unique_ptr<strata::GPT<float>> model;
   strata::TrainOptions opts = f.train;
   std::optional<strata::io::SafetensorsFile> saved_run;  // the checkpoint of --resume, read once
@@ -120,48 +137,79 @@ int run(Flags& f, CLI::App& app) {
   const strata::TextDataset data = strata::TextDataset::from_file(f.data, f.val_fraction, T);
   strata::Trainer<float> trainer(*model, data, opts);
   if (saved_run) trainer.resume(*saved_run);  // weights, optimizer moments, data position
+#if defined(STRATA_HAVE_MPI)
+  std::unique_ptr<strata::mpi::DataParallel<float>> dp;
+  if (ranks.size > 1) {
+    strata::mpi::DataParallel<float>::Options dp_options;
+    if (f.deterministic_reduce) dp_options.reduction = strata::mpi::Reduction::deterministic;
+    dp = std::make_unique<strata::mpi::DataParallel<float>>(*model, dp_options);
+    dp->check_same_data(data);
+    dp->attach(trainer);               // this rank's shard of every batch; gradients reduced
+    dp->broadcast_from_root(trainer);  // rank 0's parameters (and moments after a resume)
+  }
+#endif
+  if (!ranks.root()) f.quiet = true;
 
-  std::fprintf(stderr,
-               "strata train: %lld parameters | L%lld H%lld C%lld T%lld | batch %lld | attention %s\n"
-               "  data %s: %zu training / %zu validation bytes | %d threads | seed %llu\n"
-               "  products: %s\n",
-               (long long)model->num_parameters(), (long long)cfg.n_layer, (long long)cfg.n_head,
-               (long long)cfg.n_embd, (long long)T, (long long)opts.batch,
-               examples::plan_text(cfg).c_str(), f.data.c_str(), data.train.size(), data.val.size(),
-               strata::num_threads(), (unsigned long long)opts.data_seed,
-               strata::product_backend().c_str());
-  if (trainer.state().step > 0)
+  if (ranks.root())
+    std::fprintf(
+        stderr,
+        "strata train: %lld parameters | L%lld H%lld C%lld T%lld | batch %lld | attention %s\n"
+        "  data %s: %zu training / %zu validation bytes | %d threads | seed %llu\n"
+        "  products: %s\n",
+        (long long)model->num_parameters(), (long long)cfg.n_layer, (long long)cfg.n_head,
+        (long long)cfg.n_embd, (long long)T, (long long)opts.batch,
+        examples::plan_text(cfg).c_str(), f.data.c_str(), data.train.size(), data.val.size(),
+        strata::num_threads(), (unsigned long long)opts.data_seed,
+        strata::product_backend().c_str());
+  if (ranks.size > 1 && ranks.root())
+    std::fprintf(stderr,
+                 "  data parallel: %d ranks (MPI) x %d threads | per-rank batch %lld | %s "
+                 "reduction | tok/s counts all ranks\n",
+                 ranks.size, strata::num_threads(), (long long)(opts.batch / ranks.size),
+                 f.deterministic_reduce ? "deterministic" : "overlapped");
+  if (trainer.state().step > 0 && ranks.root())
     std::fprintf(stderr, "  resumed from %s at step %lld\n", f.resume.c_str(),
                  (long long)trainer.state().step);
 
   ensure_parent_dir(f.log);
-  std::ofstream log(f.log, f.resume.empty() ? std::ios::trunc : std::ios::app);
-  if (!log) strata::fail("cannot write the log file '", f.log, "'");
+  std::ofstream log;
+  if (ranks.root()) log.open(f.log, f.resume.empty() ? std::ios::trunc : std::ios::app);
+  if (ranks.root() && !log) strata::fail("cannot write the log file '", f.log, "'");
   ensure_parent_dir(f.checkpoint);
 
   Progress progress(opts.steps, f.quiet);
   const Index first = trainer.state().step;
   const auto start = std::chrono::steady_clock::now();
   strata::Trainer<float>::Callbacks cb;
+  double step_seconds = 0;  // the steps' wall time, without validation and checkpoints
   cb.on_step = [&](const strata::StepReport& r) {
+    step_seconds += r.seconds;
     log << nlohmann::json{{"step", r.step}, {"train_loss", r.loss}, {"lr", r.lr},
                           {"grad_norm", r.grad_norm}, {"ms", r.seconds * 1e3},
                           {"tokens_per_s", r.tokens_per_second}}.dump() << "\n";
     const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     progress.update(r, elapsed, r.step - first, first);
-    if (f.checkpoint_interval > 0 && r.step % f.checkpoint_interval == 0 && r.step < opts.steps)
+    if (f.checkpoint_interval > 0 && r.step % f.checkpoint_interval == 0 && r.step < opts.steps
+        && ranks.root())
       trainer.save(f.checkpoint);
   };
   cb.on_eval = [&](Index step, double val) {
     log << nlohmann::json{{"step", step}, {"val_loss", val}}.dump() << std::endl;
     char line[96];
     std::snprintf(line, sizeof line, "step %5lld | validation loss %.4f", (long long)step, val);
-    progress.message(line);
+    if (ranks.root()) progress.message(line);
+#if defined(STRATA_HAVE_MPI)
+    if (dp) dp->check_replicas();  // all ranks still hold the same parameters
+#endif
   };
   cb.should_stop = [] { return g_stop.load(); };
+#if defined(STRATA_HAVE_MPI)
+  if (dp) cb.should_stop = [&] { return dp->any(g_stop.load()); };  // all ranks stop together
+#endif
   trainer.run(cb);
   progress.finish();
-  trainer.save(f.checkpoint);
+  if (ranks.root()) trainer.save(f.checkpoint);
+  if (!ranks.root()) return g_stop ? 130 : 0;
   const double total = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   if (g_stop) {
     std::fprintf(stderr, "interrupted at step %lld; saved %s (continue with --resume %s)\n",
@@ -171,6 +219,14 @@ int run(Flags& f, CLI::App& app) {
   std::fprintf(stderr, "done: %lld steps in %s; checkpoint %s, log %s\n",
                (long long)(trainer.state().step - first), examples::format_duration(total).c_str(),
                f.checkpoint.c_str(), f.log.c_str());
+#if defined(STRATA_HAVE_MPI)
+  if (dp && dp->steps() > 0)
+    std::fprintf(stderr,
+                 "  communication: %.2f s of %.2f s step time waiting for the gradient "
+                 "reduction (%.1f%%)\n",
+                 dp->communication_seconds(), step_seconds,
+                 100.0 * dp->communication_seconds() / std::max(1e-9, step_seconds));
+#endif
 
   if (f.sample_tokens > 0) {
     strata::Sampler sampler{f.temperature, f.top_k, opts.data_seed};
@@ -217,12 +273,22 @@ int main(int argc, char** argv) {
   app.add_option("--temperature", f.temperature, "Sampling temperature; 0 = greedy")->capture_default_str()->check(examples::AtLeast(0));
   app.add_option("--top-k", f.top_k, "Sample among the k most likely bytes; 0 = all")->capture_default_str()->check(examples::AtLeast(0));
   app.add_flag("--quiet", f.quiet, "No progress bar");
+  Ranks ranks;
+#if defined(STRATA_HAVE_MPI)
+  app.add_flag("--deterministic-reduce", f.deterministic_reduce,
+               "Under mpirun: sum the ranks' gradients in rank order (reproducible, no overlap)");
+  strata::mpi::Environment mpi(&argc, &argv);
+  ranks = Ranks{mpi.rank(), mpi.size(), mpi.local_size()};
+#endif
   CLI11_PARSE(app, argc, argv);
   std::signal(SIGINT, on_signal);
   std::signal(SIGTERM, on_signal);
   try {
-    return run(f, app);
+    return run(f, app, ranks);
   } catch (const std::exception& e) {
+#if defined(STRATA_HAVE_MPI)
+    if (ranks.size > 1) strata::mpi::abort_all("train", e.what());  // ends every rank
+#endif
     std::fprintf(stderr, "\ntrain: error: %s\n", e.what());
     return 1;
   }

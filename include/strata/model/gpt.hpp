@@ -4,6 +4,7 @@
 // keys and values come from.
 #pragma once
 
+#include <functional>
 #include <memory>
 #include <string>
 #include <utility>
@@ -103,6 +104,14 @@ class GPT {
   ModelTensors<Scalar>& grads() { return g_; }
   const ModelTensors<Scalar>& grads() const { return g_; }
   Index num_parameters() const { return layout_.total_size(); }
+
+  /// Called by forward_backward each time a range [begin, end) of gradients() is final, while the
+  /// backward pass goes on: first the final block with ln_f and any shortcut features, then every
+  /// earlier block down to block 0, then the embeddings. The ranges are disjoint and cover the
+  /// arena. A data-parallel communicator starts reducing each range here
+  /// (strata/train/distributed.hpp); an empty hook (the default) does nothing.
+  using GradientReadyHook = std::function<void(Index begin, Index end)>;
+  void set_gradient_ready_hook(GradientReadyHook hook) { gradient_ready_ = std::move(hook); }
 
   /// Bytes of activation and backward scratch memory the model holds now: the workspace of
   /// forward/loss/forward_backward (sized by the largest batch seen) plus the one of
@@ -472,9 +481,16 @@ class GPT {
                                  p.ln1_w);
       // ws.dres now holds d h_l; add what the shortcut feature of depth l sends back
       if (feature_of_depth_[l] >= 0) ws.dres += ws.features[feature_of_depth_[l]].dres;
+      // Block l's tensors (and, after the final block, ln_f and the features that follow the
+      // blocks in the layout) get no more gradient.
+      if (gradient_ready_)
+        gradient_ready_(block_offset(l), l == L - 1 ? grads_.size() : block_offset(l + 1));
     }
     embedding_backward<Scalar>(g_.wte, g_.wpe, ws.dres, tokens, 0);
+    if (gradient_ready_) gradient_ready_(0, block_offset(0));
   }
+  // First element of block l's tensors in the arena.
+  Index block_offset(Index l) const { return Index(g_.blocks[l].ln1_w.data() - grads_.data()); }
 
   // Mirror of feature_forward; d h accumulates into f.dres, added to the residual gradient of its
   // depth when the backward pass reaches it.
@@ -501,6 +517,7 @@ class GPT {
   ModelTensors<Scalar> p_, g_;
   std::vector<std::vector<std::pair<Index, Index>>> qkv_runs_;
   std::vector<int> feature_of_depth_;
+  GradientReadyHook gradient_ready_;
   static std::size_t bytes_of(const Workspace& ws) {
     std::size_t n = 0;
     const auto add = [&n](const auto&... m) { ((n += std::size_t(m.size())), ...); };

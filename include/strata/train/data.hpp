@@ -85,16 +85,31 @@ class BatchLoader {
                  " tokens cannot fill one window of ", T + 1);
   }
 
-  /// Fills x, y [B, T] with the next batch.
+  /// Data parallelism: this loader yields only rows [rank * B / world, (rank + 1) * B / world) of
+  /// every batch. Every shard still draws all B offsets, so the loaders of all ranks keep one
+  /// position (the one a single loader would have) and the ranks never read the same row.
+  void set_shard(Index rank, Index world) {
+    STRATA_CHECK(world >= 1 && rank >= 0 && rank < world, "BatchLoader: rank ", rank, " of ", world,
+                 " ranks, expected 0 <= rank < ranks");
+    STRATA_CHECK(B_ % world == 0, "BatchLoader: batch ", B_, " is not divisible by ", world,
+                 " ranks (every rank takes batch / ranks sequences)");
+    first_row_ = rank * (B_ / world);
+    rows_ = B_ / world;
+  }
+  /// Sequences this loader yields per batch (B, or B / world when sharded).
+  Index rows() const { return rows_; }
+
+  /// Fills x, y [rows(), T] with the next batch (its shard, see set_shard).
   void next(TokenMatrix& x, TokenMatrix& y) {
-    x.resize(B_, T_);
-    y.resize(B_, T_);
+    x.resize(rows_, T_);
+    y.resize(rows_, T_);
     const std::uint64_t span = tokens_->size() - T_;  // valid offsets: 0..size-T-1
     for (Index b = 0; b < B_; ++b) {
       const Index off = Index(rng_.below(span));
+      if (b < first_row_ || b >= first_row_ + rows_) continue;
       for (Index t = 0; t < T_; ++t) {
-        x(b, t) = (*tokens_)[off + t];
-        y(b, t) = (*tokens_)[off + t + 1];
+        x(b - first_row_, t) = (*tokens_)[off + t];
+        y(b - first_row_, t) = (*tokens_)[off + t + 1];
       }
     }
     ++batches_;
@@ -111,6 +126,7 @@ class BatchLoader {
  private:
   const std::vector<Token>* tokens_;
   Index B_, T_;
+  Index first_row_ = 0, rows_ = B_;
   Rng rng_;
   Index batches_ = 0;
 };

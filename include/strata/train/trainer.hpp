@@ -123,6 +123,15 @@ class Trainer {
     state_ = s;
   }
 
+  /// Data parallelism (strata/train/distributed.hpp sets it up): this process trains on shard
+  /// `rank` of `world` of every batch of options().batch sequences (BatchLoader::set_shard), and
+  /// after its backward pass `reduce` turns the shard's mean loss and gradients into the global
+  /// ones (it returns the global loss), so that clipping and AdamW see what one process would.
+  void set_data_parallel(Index rank, Index world, std::function<double(double)> reduce) {
+    loader_.set_shard(rank, world);
+    reduce_ = std::move(reduce);
+  }
+
   /// Writes a training checkpoint of the current state (atomic).
   void save(const std::string& path) {
     sync_state();
@@ -133,7 +142,8 @@ class Trainer {
   StepReport step() {
     const auto t0 = std::chrono::steady_clock::now();
     loader_.next(x_, y_);
-    const double loss = double(model_.forward_backward(x_, y_));
+    double loss = double(model_.forward_backward(x_, y_));
+    if (reduce_) loss = reduce_(loss);
     const double norm = clip_grad_norm(model_.gradients(), opt_.grad_clip);
     const double lr = schedule_.at(state_.step);
     adam_.step(model_, lr);
@@ -176,6 +186,7 @@ class Trainer {
   LRSchedule schedule_;
   TrainState state_;
   TokenMatrix x_, y_;
+  std::function<double(double)> reduce_;
 };
 
 }  // namespace strata
