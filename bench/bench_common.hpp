@@ -4,6 +4,7 @@
 
 #include <benchmark/benchmark.h>
 
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <string>
@@ -35,6 +36,9 @@ inline void add_context() {
   benchmark::AddCustomContext("eigen_threads", std::to_string(Eigen::nbThreads()));
   benchmark::AddCustomContext("eigen_simd", Eigen::SimdInstructionSetsInUse());
   benchmark::AddCustomContext("product_backend", strata::product_backend());
+  const std::string warnings = strata::kernel_width_warnings();
+  benchmark::AddCustomContext("kernel_warnings", warnings.empty() ? "none" : warnings);
+  std::fputs(warnings.c_str(), stderr);
   benchmark::AddCustomContext("cpu_model", cpu_model());
   benchmark::AddCustomContext("strata_version", strata::version);
 }

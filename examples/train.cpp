@@ -161,6 +161,7 @@ int run(Flags& f, CLI::App& app, const Ranks& ranks) {
         examples::plan_text(cfg).c_str(), f.data.c_str(), data.train.size(), data.val.size(),
         strata::num_threads(), (unsigned long long)opts.data_seed,
         strata::product_backend().c_str());
+  if (ranks.root()) std::fputs(strata::kernel_width_warnings().c_str(), stderr);
   if (ranks.size > 1 && ranks.root())
     std::fprintf(stderr,
                  "  data parallel: %d ranks (MPI) x %d threads | per-rank batch %lld | %s "

@@ -245,3 +245,36 @@ TEST_P(CpuCachesTest, EveryPlanMatchesTheReference) {
 }
 
 }  // namespace
+
+namespace {
+
+// The banner's warning about kernels narrower than the CPU (examples, benchmarks).
+TEST(KernelWidth, OpenBlasCoreNames) {
+  EXPECT_EQ(strata::simd_bits_of_openblas_core("SkylakeX"), 512);
+  EXPECT_EQ(strata::simd_bits_of_openblas_core("SapphireRapids"), 512);
+  EXPECT_EQ(strata::simd_bits_of_openblas_core("Haswell"), 256);
+  EXPECT_EQ(strata::simd_bits_of_openblas_core("Zen"), 256);
+  EXPECT_EQ(strata::simd_bits_of_openblas_core("Prescott"), 128);
+  EXPECT_EQ(strata::simd_bits_of_openblas_core("NoSuchCore"), 0);
+}
+
+TEST(KernelWidth, CompiledWidthIsEigens) {
+  const std::string sets = Eigen::SimdInstructionSetsInUse();
+  const int bits = strata::compiled_simd_bits();
+  EXPECT_EQ(bits == 512, sets.find("AVX512") != std::string::npos) << sets;
+  EXPECT_EQ(bits == 256, sets.find("AVX") != std::string::npos &&
+                             sets.find("AVX512") == std::string::npos)
+      << sets;
+  EXPECT_GE(strata::cpu_simd_bits(), bits) << "the program runs, so the CPU has what it needs";
+}
+
+TEST(KernelWidth, WarnsExactlyWhenNarrower) {
+  const std::string w = strata::kernel_width_warnings();
+  const bool narrow_eigen = strata::compiled_simd_bits() < strata::cpu_simd_bits();
+  EXPECT_EQ(w.find("-DSTRATA_NATIVE=ON") != std::string::npos, narrow_eigen) << w;
+#if !(defined(EIGEN_USE_BLAS) && defined(STRATA_HAVE_OPENBLAS))
+  EXPECT_EQ(w.find("OpenBLAS") != std::string::npos, false) << w;
+#endif
+}
+
+}  // namespace

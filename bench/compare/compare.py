@@ -4,7 +4,10 @@
 It (a) measures the fp32 FMA ceiling with build/bench/strata_fma_ceiling, (b) runs strata's Google
 Benchmark programs (bench_model: train / forward / generate; bench_kernels: attention_fwd_bwd),
 (c) runs the same work in PyTorch (torch_bench.py: torch_train.py's model for every plan) under
-the tuned environment (OpenBLAS with AVX-512 kernels, ATen's AVX-512 kernels, malloc tunables),
+the tuned environment (OpenBLAS, ATen's AVX-512 kernels where the CPU has them, malloc tunables),
+with BOTH sides on the same OpenBLAS core type (--blas-core: by default the widest the CPU's flags
+allow, SkylakeX or Haswell, set as OPENBLAS_CORETYPE on each benchmark command alone; the core
+each side reported is printed; --strata-as-found adds strata under the environment as found),
 (d) alternates strata and PyTorch over --rounds rounds and takes medians, and (e) prints a table:
 time and tokens/s of each, the ratio, strata's model FLOP/s as a share of the measured ceiling,
 the time of each plan relative to standard, and the project's targets.
@@ -160,8 +163,29 @@ def openblas_dir(cache):
     return os.path.dirname(found[0]), "unpacked in " + os.path.join(cache, "openblas")
 
 
-def torch_env(mode, cache, threads):
-    """The environment of the PyTorch process only (nothing is set globally)."""
+def blas_core_for_cpu():
+    """OpenBLAS's widest kernels this CPU runs, from its flags: SkylakeX (AVX-512), Haswell
+    (AVX2 + FMA), or None (leave OpenBLAS to choose)."""
+    flags = cpu_flags()
+    if "avx512f" in flags:
+        return "SkylakeX"
+    if "avx2" in flags and "fma" in flags:
+        return "Haswell"
+    return None
+
+
+def strata_env(core):
+    """The environment of one strata benchmark command: the environment as found, with
+    OPENBLAS_CORETYPE set to `core` for this command alone (None: as found)."""
+    env = dict(os.environ)
+    if core:
+        env["OPENBLAS_CORETYPE"] = core
+    return env
+
+
+def torch_env(mode, cache, threads, core=None):
+    """The environment of the PyTorch process only (nothing is set globally); `core` is the
+    OpenBLAS core type both sides get (blas_core_for_cpu())."""
     env = dict(os.environ)
     env["OMP_NUM_THREADS"] = str(threads)
     note = "as Debian ships it (whatever libblas.so.3 the system's alternatives select)"
@@ -171,10 +195,12 @@ def torch_env(mode, cache, threads):
                                        if env.get("LD_LIBRARY_PATH") else "")
         env["GLIBC_TUNABLES"] = TUNABLES
         parts = [f"LD_LIBRARY_PATH={ob} ({where})", "GLIBC_TUNABLES=" + TUNABLES]
+        if core:
+            env["OPENBLAS_CORETYPE"] = core
+            parts.append("OPENBLAS_CORETYPE=" + core)
         if "avx512f" in cpu_flags():
-            env["OPENBLAS_CORETYPE"] = "SkylakeX"
             env["ATEN_CPU_CAPABILITY"] = "avx512"
-            parts += ["OPENBLAS_CORETYPE=SkylakeX", "ATEN_CPU_CAPABILITY=avx512"]
+            parts.append("ATEN_CPU_CAPABILITY=avx512")
         note = "tuned: " + ", ".join(parts)
     else:
         for k in ("OPENBLAS_CORETYPE", "ATEN_CPU_CAPABILITY", "GLIBC_TUNABLES"):
@@ -187,8 +213,9 @@ def to_ms(value, unit):
     return value * {"ns": 1e-6, "us": 1e-3, "ms": 1.0, "s": 1e3}[unit]
 
 
-def run_strata(a, threads, work):
-    """{key: record} from one run of bench_model and/or bench_kernels at `threads` threads."""
+def run_strata(a, threads, work, env=None):
+    """{key: record} from one run of bench_model and/or bench_kernels at `threads` threads, in
+    the environment `env` (the one of strata_env())."""
     out = {}
     jobs = []
     model_what = [STRATA_NAME[w] for w in a.what if w in STRATA_NAME]
@@ -203,7 +230,8 @@ def run_strata(a, threads, work):
         path = os.path.join(work, f"{prog}_{threads}.json")
         cmd = [exe, f"--threads={threads}", "--benchmark_filter=" + pattern,
                "--benchmark_out=" + path, "--benchmark_out_format=json"]
-        r = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        r = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                           env=env)
         if r.returncode != 0:
             die(f"{' '.join(cmd)} failed:\n{r.stderr}")
         with open(path) as f:
@@ -433,6 +461,9 @@ def markdown(a, rows, meta):
                  f"{meta.get('product_backend', '?')}, BLAS linked: {meta['strata_blas']}")
     lines.append(f"- PyTorch {meta['torch']}, BLAS loaded: {meta['torch_blas']}; "
                  f"{meta['torch_env']}")
+    lines.append(f"- OpenBLAS core type, both sides: {meta['blas_core']} (set on each benchmark "
+                 f"command alone; the environment as found has OPENBLAS_CORETYPE="
+                 f"{meta['found_core']}); what each side reported is in the two lines above")
     lines.append(f"- {meta['rounds']} round(s), strata and PyTorch alternating; medians over "
                  f"rounds "
                  f"(each round: Google Benchmark's mean over its iterations for strata, the median "
@@ -467,6 +498,29 @@ def markdown(a, rows, meta):
     return "\n".join(lines) + "\n"
 
 
+def as_found_table(a, strata, strata_found, meta):
+    """strata under the core type of the comparison and under the environment as found."""
+    lines = [f"\nstrata under the environment as found (OPENBLAS_CORETYPE={meta['found_core']}) "
+             f"against the same build with OPENBLAS_CORETYPE={meta['blas_core']}, medians over "
+             f"rounds:\n",
+             "| work | threads | ms, comparison's core | ms, environment as found | as found / "
+             "comparison |", "|---|---|---|---|---|"]
+    for t in a.threads:
+        keys = sorted({k for run in strata[t] for k in run if isinstance(k, tuple)}, key=str)
+        for key in keys:
+            same = [run[key]["ms"] for run in strata[t] if key in run]
+            found = [run[key]["ms"] for run in strata_found[t] if key in run]
+            if not same or not found:
+                continue
+            ms_same, ms_found = statistics.median(same), statistics.median(found)
+            what, cs, plan = key
+            label = f"{what} {'x'.join(map(str, cs)) if isinstance(cs, tuple) else cs}" + (
+                f" {plan}" if plan else "")
+            lines.append(f"| {label} | {t} | {ms_same:.2f} | {ms_found:.2f} | "
+                         f"{ms_found / ms_same:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
 # ---- main ----------------------------------------------------------------------------------------
 def main():
     ap = argparse.ArgumentParser(description=__doc__,
@@ -485,6 +539,14 @@ def main():
     ap.add_argument("--torch-env", choices=["tuned", "plain"], default="tuned",
                     help="tuned: OpenBLAS AVX-512 + malloc tunables (the fair comparison); "
                          "plain: PyTorch as the system ships it")
+    ap.add_argument("--blas-core", default="auto",
+                    help="OpenBLAS core type (OPENBLAS_CORETYPE) BOTH sides run with, set on each "
+                         "benchmark command alone: auto = the widest the CPU's flags allow "
+                         "(SkylakeX with AVX-512, Haswell with AVX2), a core name, or "
+                         "'environment' = whatever the environment says, for both")
+    ap.add_argument("--strata-as-found", action="store_true",
+                    help="also run strata under the environment as found (its OPENBLAS_CORETYPE "
+                         "untouched) and show that in a second table")
     ap.add_argument("--settle", type=float, default=15.0,
                     help="seconds of idle before each side's run (default %(default)s)")
     ap.add_argument("--torch-min-time", type=float, default=1.0,
@@ -518,8 +580,17 @@ def main():
     if not os.path.exists(PYTHON):
         die("no python3 with torch")
 
+    if a.blas_core == "auto":
+        a.core = blas_core_for_cpu()
+    elif a.blas_core == "environment":
+        a.core = os.environ.get("OPENBLAS_CORETYPE") or None
+    else:
+        a.core = a.blas_core
+    found_core = os.environ.get("OPENBLAS_CORETYPE") or "unset"
+    log(f"compare: OpenBLAS core type for both sides: {a.core or 'OpenBLAS chooses'} "
+        f"(environment as found: OPENBLAS_CORETYPE={found_core})")
     if a.check:
-        env, _ = torch_env(a.torch_env, a.cache_dir, max(a.threads))
+        env, _ = torch_env(a.torch_env, a.cache_dir, max(a.threads), a.core)
         sys.exit(0 if run_checks(a, env) else 1)
 
     start = time.time()
@@ -528,8 +599,9 @@ def main():
     ceiling = measure_ceiling(fma_program(a.build_dir, a.cache_dir), a.threads)
     log("compare: FMA ceiling (%s): %s GFLOP/s" % (ceiling["isa"], ", ".join(
         f"{t} thread(s) {v:.0f}" for t, v in sorted(ceiling["gflops"].items()))))
-    envs = {t: torch_env(a.torch_env, a.cache_dir, t) for t in a.threads}
+    envs = {t: torch_env(a.torch_env, a.cache_dir, t, a.core) for t in a.threads}
     strata = {t: [] for t in a.threads}
+    strata_found = {t: [] for t in a.threads}
     torch = {t: [] for t in a.threads}
     interrupted = False
     with tempfile.TemporaryDirectory(prefix="strata-compare-") as work:
@@ -545,7 +617,9 @@ def main():
                         time.sleep(a.settle)
                         t0 = time.time()
                         if side == "strata":
-                            strata[t].append(run_strata(a, t, work))
+                            strata[t].append(run_strata(a, t, work, strata_env(a.core)))
+                            if a.strata_as_found:
+                                strata_found[t].append(run_strata(a, t, work, dict(os.environ)))
                         else:
                             torch[t].append(run_torch(a, t, work, envs[t][0]))
                         log(f"compare: round {r + 1}/{a.rounds}, {t} thread(s): {side} took "
@@ -563,7 +637,8 @@ def main():
                 product_backend=ctx.get("product_backend", "not reported"),
                 strata_blas=linked_blas(os.path.join(a.build_dir, "bench", "bench_model")),
                 torch=any_torch.get("_torch", "?"), torch_blas=any_torch.get("_blas", "?"),
-                torch_env=envs[a.threads[0]][1], rounds=a.rounds, threads=a.threads,
+                torch_env=envs[a.threads[0]][1], blas_core=a.core or "OpenBLAS chooses",
+                found_core=found_core, rounds=a.rounds, threads=a.threads,
                 load_before=load_before, load_after=loadavg(),
                 minutes=(time.time() - start) / 60, ceiling=ceiling)
     rows = build_rows(a, strata, torch, ceiling)
@@ -579,6 +654,8 @@ def main():
                         warnings.append(f"parameters of {key}: strata {rec['params']}, PyTorch "
                                         f"{other}, formula {formula}")
     table = markdown(a, rows, meta)
+    if a.strata_as_found:
+        table += as_found_table(a, strata, strata_found, meta)
     if interrupted:
         warnings.append("interrupted: not every round ran")
     busy = float(meta["load_before"].split()[0])  # after the run it includes this run's own

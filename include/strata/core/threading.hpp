@@ -4,6 +4,7 @@
 
 #include <Eigen/Core>
 #include <algorithm>
+#include <cstdlib>
 #include <string>
 #include <thread>
 
@@ -18,6 +19,7 @@
 // this. Declared here so that no OpenBLAS header is needed.
 extern "C" void openblas_set_num_threads(int num_threads);
 extern "C" char* openblas_get_config(void);
+extern "C" char* openblas_get_corename(void);
 #endif
 
 namespace strata {
@@ -48,6 +50,76 @@ inline std::string product_backend() {
 #else
   return "Eigen";
 #endif
+}
+
+/// The widest SIMD registers, in bits, of an instruction set name: an OpenBLAS core name
+/// ("SkylakeX", "Haswell", "Zen", ...) or a compile-time Eigen set. 0 for names it does not know.
+inline int simd_bits_of_openblas_core(const std::string& core) {
+  for (const char* wide : {"SkylakeX", "Cooperlake", "SapphireRapids", "Zen4", "Zen5"})
+    if (core == wide) return 512;
+  for (const char* avx : {"Haswell", "Zen", "Sandybridge", "Excavator", "Steamroller",
+                          "Piledriver", "Bulldozer", "AlderLake"})
+    if (core == avx) return 256;
+  for (const char* sse : {"Prescott", "Core2", "Penryn", "Dunnington", "Nehalem", "Atom",
+                          "Barcelona", "Opteron", "Katmai", "Coppermine", "Northwood"})
+    if (core == sse) return 128;
+  return 0;
+}
+
+/// The SIMD width, in bits, that strata's own loops and Eigen's packets were compiled for.
+constexpr int compiled_simd_bits() {
+#if defined(EIGEN_VECTORIZE_AVX512)
+  return 512;
+#elif defined(EIGEN_VECTORIZE_AVX)
+  return 256;
+#elif defined(EIGEN_VECTORIZE_SSE2) || defined(EIGEN_VECTORIZE_NEON)
+  return 128;
+#else
+  return 0;
+#endif
+}
+
+/// The widest x86 SIMD registers this CPU can run, in bits (0 when unknown, e.g. not x86).
+inline int cpu_simd_bits() {
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+  if (__builtin_cpu_supports("avx512f")) return 512;
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return 256;
+  if (__builtin_cpu_supports("avx")) return 256;
+  if (__builtin_cpu_supports("sse2")) return 128;
+#endif
+  return 0;
+}
+
+/// Warnings for kernels narrower than the CPU: Eigen compiled for narrower SIMD than the CPU runs
+/// (build without -march=native), or, in a STRATA_USE_BLAS build with OpenBLAS, OpenBLAS running
+/// a core narrower than the CPU (typically OPENBLAS_CORETYPE set in the environment). Each line
+/// says what was found and how to fix it; empty when the kernels match the CPU.
+inline std::string kernel_width_warnings() {
+  std::string out;
+  const int cpu = cpu_simd_bits();
+  if (cpu == 0) return out;
+  const int eigen = compiled_simd_bits();
+  if (eigen > 0 && eigen < cpu)
+    out += "warning: strata was compiled for " + std::to_string(eigen) +
+           "-bit SIMD, but this CPU runs " + std::to_string(cpu) +
+           "-bit: build with -march=native (CMake: -DSTRATA_NATIVE=ON) for up to " +
+           std::to_string(cpu / eigen) + "x faster kernels\n";
+#if defined(EIGEN_USE_BLAS) && defined(STRATA_HAVE_OPENBLAS)
+  const std::string core = openblas_get_corename();
+  const int blas = simd_bits_of_openblas_core(core);
+  if (blas > 0 && blas < cpu) {
+    const char* env = std::getenv("OPENBLAS_CORETYPE");
+    out += "warning: OpenBLAS runs its " + core + " kernels (" + std::to_string(blas) +
+           "-bit), but this CPU runs " + std::to_string(cpu) + "-bit SIMD: products may run up to " +
+           std::to_string(cpu / blas) + "x slower than the CPU allows";
+    if (env && *env)
+      out += std::string("; OPENBLAS_CORETYPE=") + env +
+             " is set in the environment: set it to " + (cpu == 512 ? "SkylakeX" : "Haswell") +
+             " for this command (if this OpenBLAS runs correctly on the CPU) or unset it";
+    out += "\n";
+  }
+#endif
+  return out;
 }
 
 /// Threads strata's parallel regions will use.
