@@ -26,6 +26,8 @@ int main(int argc, char** argv) {
   CLI11_PARSE(app, argc, argv);
   try {
     strata::set_num_threads(threads);
+    examples::check_input_file(checkpoint, "--checkpoint");
+    examples::check_output_path(out, "--out", "attention_map.json");  // before the work is done
     auto model = strata::load_model<float>(checkpoint);
     const strata::ModelConfig& cfg = model->config();
     if (cfg.attention.kind() != strata::AttentionPlan::Kind::shortcut)

@@ -1,8 +1,17 @@
 // examples/cli_common.hpp: command-line pieces shared by the example programs.
 #pragma once
 
+#include <fcntl.h>
+#include <unistd.h>
+
 #include <CLI/CLI.hpp>
+#include <cerrno>
+#include <cstdint>
 #include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <limits>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -103,14 +112,173 @@ inline std::string plan_text(const strata::ModelConfig& c) {
   return c.attention.describe(int(c.n_layer), int(c.n_head), c.n_embd);
 }
 
-/// Makes control characters of sampled text visible without breaking a terminal.
-inline std::string printable(const std::string& text) {
-  std::string out;
-  for (unsigned char c : text) {
-    if (c == '\n' || c == '\t' || c >= 0x20) out += char(c);
-    else out += '?';
+/// Length of the UTF-8 sequence that lead byte c starts (2..4), or 0 if c cannot start one.
+inline int utf8_length(unsigned char c) {
+  if (c >= 0xC2 && c <= 0xDF) return 2;
+  if (c >= 0xE0 && c <= 0xEF) return 3;
+  if (c >= 0xF0 && c <= 0xF4) return 4;
+  return 0;
+}
+
+/// Whether b may follow lead byte `lead` as the second byte of a sequence (excludes overlong
+/// forms, UTF-16 surrogates and code points above U+10FFFF), or any later byte when lead is 0.
+inline bool utf8_continues(unsigned char lead, unsigned char b) {
+  if (b < 0x80 || b > 0xBF) return false;
+  if (lead == 0xE0) return b >= 0xA0;
+  if (lead == 0xED) return b <= 0x9F;
+  if (lead == 0xF0) return b >= 0x90;
+  if (lead == 0xF4) return b <= 0x8F;
+  return true;
+}
+
+/// Byte offset of the first byte that is not part of valid UTF-8 (a sequence cut off by the end
+/// counts as invalid), or std::string::npos when all of text is valid UTF-8.
+inline std::size_t first_invalid_utf8(const std::string& text) {
+  const std::size_t n = text.size();
+  for (std::size_t i = 0; i < n;) {
+    const auto c = static_cast<unsigned char>(text[i]);
+    if (c < 0x80) {
+      ++i;
+      continue;
+    }
+    const int len = utf8_length(c);
+    if (len == 0 || i + std::size_t(len) > n) return i;
+    for (int k = 1; k < len; ++k)
+      if (!utf8_continues(k == 1 ? c : 0, static_cast<unsigned char>(text[i + std::size_t(k)])))
+        return i;
+    i += std::size_t(len);
   }
-  return out;
+  return std::string::npos;
+}
+
+/// Turns bytes (sampled one at a time) into text that cannot garble a terminal: valid UTF-8 passes
+/// through, each byte that is not part of a valid sequence becomes U+FFFD (the replacement
+/// character), and control characters other than newline and tab become '?'. With raw = true
+/// every byte passes unchanged.
+class TerminalText {
+ public:
+  explicit TerminalText(bool raw = false) : raw_(raw) {}
+
+  /// Feeds one byte; returns what can be printed now (a multi-byte character waits for its end).
+  std::string put(unsigned char c) {
+    if (raw_) return std::string(1, char(c));
+    std::string out;
+    if (!pending_.empty()) {
+      const auto lead = static_cast<unsigned char>(pending_[0]);
+      if (utf8_continues(pending_.size() == 1 ? lead : 0, c)) {
+        pending_ += char(c);
+        if (int(pending_.size()) == utf8_length(lead)) out.swap(pending_);
+        return out;
+      }
+      out = flush();  // the sequence broke off: its bytes are invalid; c starts afresh
+    }
+    if (c < 0x80) {
+      out += (c == '\n' || c == '\t' || (c >= 0x20 && c != 0x7F)) ? char(c) : '?';
+    } else if (utf8_length(c) > 0) {
+      pending_ = std::string(1, char(c));
+    } else {
+      out += kReplacement;
+    }
+    return out;
+  }
+
+  /// Ends the text: an unfinished sequence becomes replacement characters.
+  std::string flush() {
+    std::string out;
+    for (std::size_t i = 0; i < pending_.size(); ++i) out += kReplacement;
+    pending_.clear();
+    return out;
+  }
+
+ private:
+  static constexpr const char* kReplacement = "\xEF\xBF\xBD";  // U+FFFD
+  bool raw_;
+  std::string pending_;
+};
+
+/// Sampled text made safe for a terminal (see TerminalText), or unchanged when raw.
+inline std::string printable(const std::string& text, bool raw = false) {
+  TerminalText t(raw);
+  std::string out;
+  for (unsigned char c : text) out += t.put(c);
+  return out + t.flush();
+}
+
+/// A non-negative integer that fits std::uint64_t, such as a seed ("--seed: -5 is not an unsigned
+/// integer (0 to 18446744073709551615)"). CLI11 alone would wrap -5 around to 2^64 - 5.
+inline CLI::Validator UnsignedInteger() {
+  return CLI::Validator(
+      [](std::string& text) -> std::string {
+        const std::string why = text + " is not an unsigned integer (0 to "
+                              + std::to_string(std::numeric_limits<std::uint64_t>::max()) + ")";
+        if (text.empty() || text.size() > 20) return why;
+        for (char c : text)
+          if (c < '0' || c > '9') return why;
+        errno = 0;
+        (void)std::strtoull(text.c_str(), nullptr, 10);
+        return errno == ERANGE ? why : "";
+      },
+      "UINT64");
+}
+
+/// Checks before any work is done that `path` (given with `flag`) can be written as a file: not a
+/// directory, in a directory that exists (missing parents are created, with a note, as the
+/// default out/ is) and that accepts new files (tested by creating and removing a probe file, which
+/// also catches read-only file systems). Throws strata::Error naming the flag, the path and why.
+inline void check_output_path(const std::string& path, const std::string& flag,
+                              const std::string& example_name = "model.safetensors") {
+  namespace fs = std::filesystem;
+  if (path.empty()) strata::fail(flag, ": the path is empty");
+  std::error_code ec;
+  const fs::path p(path);
+  if (fs::is_directory(p, ec))
+    strata::fail(flag, " ", path, ": is a directory; expected a file path such as ",
+                 (p / example_name).string());
+  fs::path parent = p.parent_path();
+  if (parent.empty()) parent = ".";
+  if (!fs::exists(parent, ec)) {
+    fs::path existing = parent;  // the deepest part that exists, to say what is in the way
+    while (!existing.empty() && !fs::exists(existing, ec)) existing = existing.parent_path();
+    if (!existing.empty() && !fs::is_directory(existing, ec))
+      strata::fail(flag, " ", path, ": '", existing.string(), "' is a file, not a directory");
+    fs::create_directories(parent, ec);
+    if (ec)
+      strata::fail(flag, " ", path, ": cannot create the directory '", parent.string(),
+                   "': ", ec.message());
+    std::fprintf(stderr, "note: created the directory '%s' for %s\n", parent.string().c_str(),
+                 flag.c_str());
+  } else if (!fs::is_directory(parent, ec)) {
+    strata::fail(flag, " ", path, ": '", parent.string(), "' is a file, not a directory");
+  }
+  const std::string probe =
+      (parent / (".strata-write-test." + std::to_string(::getpid()))).string();
+  const int fd = ::open(probe.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+  if (fd < 0) {
+    const int err = errno;
+    strata::fail(flag, " ", path, ": cannot create files in '", parent.string(),
+                 "': ", std::strerror(err));
+  }
+  ::close(fd);
+  ::unlink(probe.c_str());
+  if (fs::exists(p, ec) && ::access(path.c_str(), W_OK) != 0 && flag == "--log") {
+    const int err = errno;
+    strata::fail(flag, " ", path, ": cannot write the existing file: ", std::strerror(err));
+  }
+}
+
+/// Checks that `path` (given with `flag`) is a readable regular file: a directory, a missing file
+/// and an unreadable one each get their own message.
+inline void check_input_file(const std::string& path, const std::string& flag) {
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  if (fs::is_directory(path, ec))
+    strata::fail(flag, " ", path, ": is a directory; expected a file");
+  std::FILE* f = std::fopen(path.c_str(), "rb");
+  if (!f) {
+    const int err = errno;
+    strata::fail(flag, " ", path, ": cannot open: ", std::strerror(err));
+  }
+  std::fclose(f);
 }
 
 }  // namespace examples

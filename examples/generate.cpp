@@ -1,6 +1,9 @@
 // generate: samples text from a checkpoint written by train.
 //
 //   build/examples/generate --checkpoint out/model.safetensors --prompt "Call me " --tokens 400
+//
+// The sampled bytes are printed as they come; bytes that do not form valid UTF-8 become U+FFFD and
+// control characters '?', so the terminal is never garbled (--raw prints the exact bytes).
 #include <cstdio>
 #include <iostream>
 
@@ -12,16 +15,19 @@ int main(int argc, char** argv) {
   strata::Index tokens = 400;
   strata::Sampler sampler{0.8, 40, 1};
   int threads = 1;
+  bool raw = false;
   app.add_option("--checkpoint", checkpoint, "Checkpoint written by train")->capture_default_str();
   app.add_option("--prompt", prompt, "Text to continue")->capture_default_str();
   app.add_option("--tokens", tokens, "Bytes to generate")->capture_default_str()->check(examples::AtLeast(0));
   app.add_option("--temperature", sampler.temperature, "Sampling temperature; 0 = greedy")->capture_default_str()->check(examples::AtLeast(0));
   app.add_option("--top-k", sampler.top_k, "Sample among the k most likely bytes; 0 = all")->capture_default_str()->check(examples::AtLeast(0));
-  app.add_option("--seed", sampler.seed, "Sampling seed")->capture_default_str();
+  app.add_option("--seed", sampler.seed, "Sampling seed")->capture_default_str()->check(examples::UnsignedInteger());
   app.add_option("--threads", threads, "Threads; 0 = all cores")->capture_default_str()->check(examples::AtLeast(0));
+  app.add_flag("--raw", raw, "Print the sampled bytes exactly (default: invalid UTF-8 and control characters are replaced)");
   CLI11_PARSE(app, argc, argv);
   try {
     strata::set_num_threads(threads);
+    examples::check_input_file(checkpoint, "--checkpoint");
     auto model = strata::load_model<float>(checkpoint);
     const auto& cfg = model->config();
     std::fprintf(stderr, "%s: L%lld H%lld C%lld context %lld, attention %s\n", checkpoint.c_str(),
@@ -32,15 +38,20 @@ int main(int argc, char** argv) {
                    " tokens; this example speaks bytes (256)");
     std::fputs(prompt.c_str(), stdout);
     const auto start = std::chrono::steady_clock::now();
+    examples::TerminalText text(raw);
     strata::generate(*model, strata::ByteTokenizer::encode(prompt), tokens, sampler,
-                     [](strata::Token t) {
-                       const unsigned char c = static_cast<unsigned char>(t);
-                       std::fputc((c == '\n' || c == '\t' || c >= 0x20) ? c : '?', stdout);
+                     [&text](strata::Token t) {
+                       const std::string out = text.put(static_cast<unsigned char>(t));
+                       std::fwrite(out.data(), 1, out.size(), stdout);  // --raw may hold NUL
                        std::fflush(stdout);
                      });
+    std::fputs(text.flush().c_str(), stdout);
     const double sec = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     std::fprintf(stderr, "\n%lld tokens in %.2f s (%.0f tokens/s)\n", (long long)tokens, sec,
                  double(tokens) / sec);
+  } catch (const std::bad_alloc&) {
+    std::fprintf(stderr, "generate: error: out of memory (the model is too large for this machine)\n");
+    return 1;
   } catch (const std::exception& e) {
     std::fprintf(stderr, "generate: error: %s\n", e.what());
     return 1;

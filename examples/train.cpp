@@ -6,6 +6,15 @@
 //   build/examples/train --attention skip --skip-heads 2   # skip-layer attention
 //   build/examples/train --resume out/model.safetensors    # continue a saved run
 //   mpirun -np 2 build/examples/train                      # data parallel (STRATA_USE_MPI=ON)
+//
+// A trained checkpoint is never replaced by accident: a fresh run refuses to start when
+// --checkpoint names an existing file (--resume continues it, --overwrite replaces it at the first
+// new save), every output path is checked before the first step, the log is locked against a
+// second run, and SIGINT/SIGTERM stop after the current step, save, and exit with 130/143 (a
+// second signal exits at once, leaving the last written checkpoint as it was).
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/file.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -16,6 +25,7 @@
 #include <iostream>
 #include <memory>
 #include <optional>
+#include <sstream>
 #include <thread>
 
 #include "cli_common.hpp"
@@ -28,8 +38,33 @@ namespace {
 
 using strata::Index;
 
-std::atomic<bool> g_stop{false};
-void on_signal(int) { g_stop = true; }
+// The first SIGINT/SIGTERM asks the loop to stop after its step and save; a second one exits at
+// once (the checkpoint on disk is only ever replaced by an atomic rename, so it stays whole).
+std::atomic<int> g_signal{0};
+static_assert(std::atomic<int>::is_always_lock_free, "the signal flag must be lock-free");
+
+extern "C" void on_signal(int sig) {
+  int none = 0;
+  if (!g_signal.compare_exchange_strong(none, sig)) {
+    static const char msg[] =
+        "\ntrain: second signal: exiting at once without saving; the last checkpoint written is "
+        "unchanged\n";
+    (void)!::write(STDERR_FILENO, msg, sizeof msg - 1);
+    ::_exit(128 + sig);
+  }
+  static const char msg[] =
+      "\ntrain: stopping after this step to save a checkpoint (a second signal exits at once)\n";
+  (void)!::write(STDERR_FILENO, msg, sizeof msg - 1);
+}
+
+void install_signal_handlers() {
+  struct sigaction sa = {};
+  sa.sa_handler = on_signal;
+  sigemptyset(&sa.sa_mask);
+  sa.sa_flags = SA_RESTART;
+  ::sigaction(SIGINT, &sa, nullptr);
+  ::sigaction(SIGTERM, &sa, nullptr);
+}
 
 struct Flags {
   strata::ModelConfig model;
@@ -48,6 +83,8 @@ struct Flags {
   Index top_k = 40;
   bool quiet = false;
   bool deterministic_reduce = false;  // MPI builds: --deterministic-reduce
+  bool overwrite = false;
+  bool raw = false;
 };
 
 // Under mpirun (MPI builds): this process's rank, the rank count and the ranks on this host. Rank 0
@@ -55,6 +92,54 @@ struct Flags {
 struct Ranks {
   int rank = 0, size = 1, local = 1;
   bool root() const { return rank == 0; }
+};
+
+// The JSON-lines log, held under an advisory lock (flock) for the whole run so that a second
+// train given the same --log is refused instead of interleaving lines with this one. The lock
+// goes away with the process, however it ends. A fresh run empties the file, a resumed run
+// appends to it.
+class RunLog {
+ public:
+  explicit RunLog(const std::string& path) : path_(path) {
+    const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+    if (fd < 0) {
+      const int err = errno;
+      strata::fail("--log ", path, ": cannot open: ", std::strerror(err));
+    }
+    if (::flock(fd, LOCK_EX | LOCK_NB) != 0) {
+      const int err = errno;
+      ::close(fd);
+      if (err == EWOULDBLOCK)
+        strata::fail("--log ", path,
+                     ": in use by another running train (it holds the file's lock); give this run "
+                     "another --log");
+      strata::fail("--log ", path, ": cannot lock: ", std::strerror(err));
+    }
+    file_ = ::fdopen(fd, "a");
+    if (!file_) {
+      ::close(fd);
+      strata::fail("--log ", path, ": cannot open: ", std::strerror(errno));
+    }
+  }
+  RunLog(const RunLog&) = delete;
+  RunLog& operator=(const RunLog&) = delete;
+  ~RunLog() {
+    if (file_) std::fclose(file_);
+  }
+  /// Empties the file (a fresh run's log starts empty).
+  void truncate() {
+    if (::ftruncate(::fileno(file_), 0) != 0)
+      strata::fail("--log ", path_, ": cannot truncate: ", std::strerror(errno));
+  }
+  void line(const nlohmann::json& j, bool flush = false) {
+    const std::string text = j.dump() + "\n";
+    std::fputs(text.c_str(), file_);
+    if (flush) std::fflush(file_);
+  }
+
+ private:
+  std::string path_;
+  std::FILE* file_ = nullptr;
 };
 
 // Prints a one-line progress bar on a terminal, or a plain line every ~5% when the output is a
@@ -100,9 +185,49 @@ class Progress {
   double smoothed_tps_ = 0;
 };
 
-void ensure_parent_dir(const std::string& path) {
-  const auto parent = std::filesystem::path(path).parent_path();
-  if (!parent.empty()) std::filesystem::create_directories(parent);
+// Reads the training text. Bytes that are not valid UTF-8 get a warning naming the first one:
+// training works on bytes either way, but such a file is often not the text that was meant.
+strata::TextDataset read_data(const std::string& path, double val_fraction, Index T) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) strata::fail("--data ", path, ": cannot open: ", std::strerror(errno));
+  std::ostringstream ss;
+  ss << in.rdbuf();
+  if (in.bad()) strata::fail("--data ", path, ": cannot read: ", std::strerror(errno));
+  const std::string text = ss.str();
+  const std::size_t bad = examples::first_invalid_utf8(text);
+  if (bad != std::string::npos)
+    std::fprintf(
+        stderr,
+        "warning: --data %s is not valid UTF-8: the first invalid byte is 0x%02X at offset "
+        "%zu. Training proceeds on its bytes (the model is byte-level), but a binary file "
+        "is rarely the text meant; samples show U+FFFD for invalid sequences.\n",
+        path.c_str(), static_cast<unsigned>(static_cast<unsigned char>(text[bad])), bad);
+  return strata::TextDataset::from_text(text, val_fraction, T, path);
+}
+
+bool same_file(const std::string& a, const std::string& b) {
+  std::error_code ec;
+  return std::filesystem::equivalent(a, b, ec) && !ec;
+}
+
+// Refuses, before anything else is done, a run that would replace an existing checkpoint it was
+// not asked to replace.
+void check_no_clobber(const Flags& f) {
+  std::error_code ec;
+  if (f.overwrite || !std::filesystem::exists(f.checkpoint, ec)) return;
+  if (std::filesystem::is_directory(f.checkpoint, ec)) return;  // check_output_path says so
+  if (f.resume.empty())
+    strata::fail("--checkpoint ", f.checkpoint,
+                 " already exists, and this fresh run would replace it at its first save. "
+                 "Continue that run with --resume ",
+                 f.checkpoint,
+                 ", give this run another --checkpoint, or replace it with --overwrite (the old "
+                 "file stays until the first new save succeeds)");
+  if (!same_file(f.checkpoint, f.resume))
+    strata::fail("--checkpoint ", f.checkpoint,
+                 " already exists and is not the checkpoint being resumed (", f.resume,
+                 "); give another --checkpoint, leave it out to write back to ", f.resume,
+                 ", or replace it with --overwrite");
 }
 
 int run(Flags& f, CLI::App& app, const Ranks& ranks) {
@@ -110,6 +235,19 @@ int run(Flags& f, CLI::App& app, const Ranks& ranks) {
   const int hardware = int(std::max(1u, std::thread::hardware_concurrency()));
   strata::set_num_threads(f.threads > 0 || ranks.local <= 1 ? f.threads
                                                             : std::max(1, hardware / ranks.local));
+  // --resume X writes back to X unless --checkpoint names another file.
+  if (!f.resume.empty() && app.count("--checkpoint") == 0) f.checkpoint = f.resume;
+  examples::check_input_file(f.data, "--data");
+  // Rank 0 alone writes the checkpoint and the log: it alone checks and locks them.
+  std::optional<RunLog> log;
+  if (ranks.root()) {
+    check_no_clobber(f);
+    examples::check_output_path(f.checkpoint, "--checkpoint");
+    examples::check_output_path(f.log, "--log", "train_log.jsonl");
+    if (same_file(f.log, f.checkpoint) || f.log == f.checkpoint)
+      strata::fail("--log and --checkpoint name the same file ", f.log);
+    log.emplace(f.log);  // locked from here on
+  }
   std::unique_ptr<strata::GPT<float>> model;
   strata::TrainOptions opts = f.train;
   std::optional<strata::io::SafetensorsFile> saved_run;  // the checkpoint of --resume, read once
@@ -122,7 +260,7 @@ int run(Flags& f, CLI::App& app, const Ranks& ranks) {
         strata::fail("--resume continues the saved run with its own settings; drop ", flag);
     saved_run = strata::io::SafetensorsFile::read(f.resume);
     const strata::TrainState state = strata::read_train_state(*saved_run);  // weights only: error
-    model = std::make_unique<strata::GPT<float>>(strata::io::read_config(*saved_run));
+    model = std::make_unique<strata::GPT<float>>(strata::io::read_checked_config(*saved_run));
     const auto saved = strata::TrainOptions::from_json(state.options);
     const Index steps = app.count("--steps") ? opts.steps : saved.steps;
     opts = saved;
@@ -134,7 +272,7 @@ int run(Flags& f, CLI::App& app, const Ranks& ranks) {
   }
   const strata::ModelConfig& cfg = model->config();
   const Index T = opts.seq_len > 0 ? opts.seq_len : cfg.context_length;
-  const strata::TextDataset data = strata::TextDataset::from_file(f.data, f.val_fraction, T);
+  const strata::TextDataset data = read_data(f.data, f.val_fraction, T);
   strata::Trainer<float> trainer(*model, data, opts);
   if (saved_run) trainer.resume(*saved_run);  // weights, optimizer moments, data position
 #if defined(STRATA_HAVE_MPI)
@@ -172,11 +310,7 @@ int run(Flags& f, CLI::App& app, const Ranks& ranks) {
     std::fprintf(stderr, "  resumed from %s at step %lld\n", f.resume.c_str(),
                  (long long)trainer.state().step);
 
-  ensure_parent_dir(f.log);
-  std::ofstream log;
-  if (ranks.root()) log.open(f.log, f.resume.empty() ? std::ios::trunc : std::ios::app);
-  if (ranks.root() && !log) strata::fail("cannot write the log file '", f.log, "'");
-  ensure_parent_dir(f.checkpoint);
+  if (log && f.resume.empty()) log->truncate();  // an existing log is appended to only on --resume
 
   Progress progress(opts.steps, f.quiet);
   const Index first = trainer.state().step;
@@ -185,9 +319,10 @@ int run(Flags& f, CLI::App& app, const Ranks& ranks) {
   double step_seconds = 0;  // the steps' wall time, without validation and checkpoints
   cb.on_step = [&](const strata::StepReport& r) {
     step_seconds += r.seconds;
-    log << nlohmann::json{{"step", r.step}, {"train_loss", r.loss}, {"lr", r.lr},
-                          {"grad_norm", r.grad_norm}, {"ms", r.seconds * 1e3},
-                          {"tokens_per_s", r.tokens_per_second}}.dump() << "\n";
+    if (log)
+      log->line({{"step", r.step}, {"train_loss", r.loss}, {"lr", r.lr},
+                 {"grad_norm", r.grad_norm}, {"ms", r.seconds * 1e3},
+                 {"tokens_per_s", r.tokens_per_second}});
     const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     progress.update(r, elapsed, r.step - first, first);
     if (f.checkpoint_interval > 0 && r.step % f.checkpoint_interval == 0 && r.step < opts.steps
@@ -195,7 +330,7 @@ int run(Flags& f, CLI::App& app, const Ranks& ranks) {
       trainer.save(f.checkpoint);
   };
   cb.on_eval = [&](Index step, double val) {
-    log << nlohmann::json{{"step", step}, {"val_loss", val}}.dump() << std::endl;
+    if (log) log->line({{"step", step}, {"val_loss", val}}, /*flush=*/true);
     char line[96];
     std::snprintf(line, sizeof line, "step %5lld | validation loss %.4f", (long long)step, val);
     if (ranks.root()) progress.message(line);
@@ -203,19 +338,25 @@ int run(Flags& f, CLI::App& app, const Ranks& ranks) {
     if (dp) dp->check_replicas();  // all ranks still hold the same parameters
 #endif
   };
-  cb.should_stop = [] { return g_stop.load(); };
+  cb.should_stop = [] { return g_signal.load() != 0; };
 #if defined(STRATA_HAVE_MPI)
-  if (dp) cb.should_stop = [&] { return dp->any(g_stop.load()); };  // all ranks stop together
+  if (dp) cb.should_stop = [&] { return dp->any(g_signal.load() != 0); };  // all ranks stop together
 #endif
   trainer.run(cb);
   progress.finish();
-  if (ranks.root()) trainer.save(f.checkpoint);
-  if (!ranks.root()) return g_stop ? 130 : 0;
+  const int sig = g_signal.load();
+  if (!ranks.root()) return sig != 0 ? 128 + sig : 0;
+  if (sig != 0 && trainer.state().step == first) {
+    std::fprintf(stderr, "interrupted before the first step of this run; nothing saved%s\n",
+                 f.resume.empty() ? "" : (" (" + f.resume + " is unchanged)").c_str());
+    return 128 + sig;
+  }
+  trainer.save(f.checkpoint);
   const double total = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-  if (g_stop) {
+  if (sig != 0) {
     std::fprintf(stderr, "interrupted at step %lld; saved %s (continue with --resume %s)\n",
                  (long long)trainer.state().step, f.checkpoint.c_str(), f.checkpoint.c_str());
-    return 130;
+    return 128 + sig;  // 130 after SIGINT, 143 after SIGTERM
   }
   std::fprintf(stderr, "done: %lld steps in %s; checkpoint %s, log %s\n",
                (long long)(trainer.state().step - first), examples::format_duration(total).c_str(),
@@ -233,9 +374,11 @@ int run(Flags& f, CLI::App& app, const Ranks& ranks) {
     strata::Sampler sampler{f.temperature, f.top_k, opts.data_seed};
     const auto ids = strata::generate(*model, strata::ByteTokenizer::encode(f.prompt),
                                       f.sample_tokens, sampler);
-    std::printf("---- sample (temperature %.2f, top-k %lld) ----\n%s%s\n", f.temperature,
-                (long long)f.top_k, f.prompt.c_str(),
-                examples::printable(strata::ByteTokenizer::decode(ids)).c_str());
+    const std::string sample = examples::printable(strata::ByteTokenizer::decode(ids), f.raw);
+    std::printf("---- sample (temperature %.2f, top-k %lld) ----\n%s", f.temperature,
+                (long long)f.top_k, f.prompt.c_str());
+    std::fwrite(sample.data(), 1, sample.size(), stdout);  // --raw may hold NUL bytes
+    std::printf("\n");
   }
   return 0;
 }
@@ -261,11 +404,12 @@ int main(int argc, char** argv) {
   app.add_option("--clip", f.train.grad_clip, "Global gradient-norm clip; 0 = off")->capture_default_str()->check(examples::AtLeast(0));
   app.add_option("--eval-interval", f.train.eval_interval, "Steps between validation runs")->capture_default_str()->check(examples::AtLeast(1));
   app.add_option("--eval-batches", f.train.eval_batches, "Batches per validation run")->capture_default_str()->check(examples::AtLeast(1));
-  app.add_option("--seed", f.train.data_seed, "Seed of the initialisation, the batches and the sample")->capture_default_str();
+  app.add_option("--seed", f.train.data_seed, "Seed of the initialisation, the batches and the sample")->capture_default_str()->check(examples::UnsignedInteger());
   app.add_option("--threads", f.threads, "Threads; 0 = all cores")->capture_default_str()->check(examples::AtLeast(0));
   app.add_option("--data", f.data, "UTF-8 text file to train on")->capture_default_str();
   app.add_option("--val-fraction", f.val_fraction, "Fraction of the file (its end) kept for validation")->capture_default_str()->check(CLI::Range(0.001, 0.5));
-  app.add_option("--checkpoint", f.checkpoint, "Training checkpoint written during and after the run")->capture_default_str();
+  app.add_option("--checkpoint", f.checkpoint, "Training checkpoint written during and after the run (default with --resume: the resumed file)")->capture_default_str();
+  app.add_flag("--overwrite", f.overwrite, "Let a fresh run replace an existing --checkpoint (the old file stays until the first new save)");
   app.add_option("--checkpoint-interval", f.checkpoint_interval, "Steps between checkpoints; 0 = only at the end")->capture_default_str()->check(examples::AtLeast(0));
   app.add_option("--resume", f.resume, "Continue the run saved in this training checkpoint")->check(CLI::ExistingFile);
   app.add_option("--log", f.log, "JSON-lines log of every loss")->capture_default_str();
@@ -274,6 +418,7 @@ int main(int argc, char** argv) {
   app.add_option("--temperature", f.temperature, "Sampling temperature; 0 = greedy")->capture_default_str()->check(examples::AtLeast(0));
   app.add_option("--top-k", f.top_k, "Sample among the k most likely bytes; 0 = all")->capture_default_str()->check(examples::AtLeast(0));
   app.add_flag("--quiet", f.quiet, "No progress bar");
+  app.add_flag("--raw", f.raw, "Print the sample's bytes exactly (default: invalid UTF-8 and control characters are replaced)");
   Ranks ranks;
 #if defined(STRATA_HAVE_MPI)
   app.add_flag("--deterministic-reduce", f.deterministic_reduce,
@@ -282,10 +427,16 @@ int main(int argc, char** argv) {
   ranks = Ranks{mpi.rank(), mpi.size(), mpi.local_size()};
 #endif
   CLI11_PARSE(app, argc, argv);
-  std::signal(SIGINT, on_signal);
-  std::signal(SIGTERM, on_signal);
+  install_signal_handlers();
   try {
     return run(f, app, ranks);
+  } catch (const std::bad_alloc&) {
+#if defined(STRATA_HAVE_MPI)
+    if (ranks.size > 1) strata::mpi::abort_all("train", "out of memory");  // ends every rank
+#endif
+    std::fprintf(stderr, "\ntrain: error: out of memory (the model, batch or sequence length is too "
+                         "large for this machine)\n");
+    return 1;
   } catch (const std::exception& e) {
 #if defined(STRATA_HAVE_MPI)
     if (ranks.size > 1) strata::mpi::abort_all("train", e.what());  // ends every rank

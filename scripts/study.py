@@ -147,6 +147,9 @@ def parse_args(argv):
     p.add_argument("--keep-checkpoints", action="store_true",
                    help="keep every run's final checkpoint in --models-dir (default: only the model "
                         "of the attention map)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="let runs still to do replace checkpoints of the same name that already "
+                        "exist in --models-dir (default: refuse before training, as train does)")
     p.add_argument("--map-text", default=None,
                    help="text for the shortcut attention map (default: the book's first sentence for "
                         "the bundled corpus, else a line of the validation split)")
@@ -472,6 +475,10 @@ class Run:
         }
         self.dir.mkdir(parents=True, exist_ok=True)
         if self.needs_checkpoint():
+            if self.ckpt.exists() and not s.args.overwrite:  # appeared while this run trained
+                raise StudyError(f"run {self.name}: {self.ckpt} exists and would be replaced; the "
+                                 f"new checkpoint stays in {self.ckpt_part} (pass --overwrite to "
+                                 "replace)")
             os.replace(self.ckpt_part, self.ckpt)
         else:
             self.ckpt_part.unlink(missing_ok=True)
@@ -607,6 +614,7 @@ class Study:
         status = {r: r.status() for r in self.runs}
         todo = [r for r in self.runs if status[r] == "todo"]
         if not (a.report_only or a.dry_run):
+            self.check_no_clobber(todo)  # before building or training anything
             self.train, self.amap = build_examples(self.build_dir, a.build)
         else:
             self.train = self.build_dir / "examples" / "train"
@@ -655,6 +663,16 @@ class Study:
         else:
             say("  every run is finished already: writing the report")
         self.report()
+
+    def check_no_clobber(self, todo):
+        """A trained checkpoint is never replaced by accident (the rule train follows): runs to do
+        whose kept checkpoint already exists stop the study before any training."""
+        taken = [r.ckpt for r in todo if r.needs_checkpoint() and r.ckpt.exists()]
+        if taken and not self.args.overwrite:
+            more = f" and {len(taken) - 1} more" if len(taken) > 1 else ""
+            raise StudyError(
+                f"{taken[0]}{more} already exist(s) and would be replaced by runs still to do; move "
+                f"them away, choose another --models-dir, or pass --overwrite to replace them")
 
     # -- running -------------------------------------------------------------------------------
     def execute(self, todo):

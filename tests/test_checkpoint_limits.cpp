@@ -306,6 +306,15 @@ TEST_F(CheckpointLimits, TrainingStateIsSane) {
   strata::AdamW<float> target_opt(target);
   EXPECT_EQ(strata::load_training_checkpoint(good, target, target_opt).step, 5);
   EXPECT_EQ(target_opt.step_count(), 5);
+
+  // A state saved through the API without trainer options (an empty object) loads too.
+  s = train_state();
+  s["options"] = json::object();
+  const std::string no_options = write("nooptions.safetensors", model, config, s, &opt);
+  EXPECT_TRUE(strata::load_training_checkpoint(no_options, target, target_opt).options.empty());
+  s["options"] = json::array();
+  EXPECT_EQ(refused("array.safetensors", s),
+            "training state 'options' is [] (an array), expected an object");
 }
 
 }  // namespace

@@ -79,15 +79,19 @@ inline TrainState read_train_state(const io::SafetensorsFile& file, Index* adam_
     fail(where, ": training state 'options' is ",
          options == j.end() ? std::string("missing") : io::detail::value_text(*options),
          ", expected an object");
+  // The Trainer's settings (TrainOptions::to_json) when there are any; a checkpoint saved through
+  // the API with no options (an empty object) has nothing to check.
   const std::string in_options = "training options";
-  for (const char* key : {"steps", "batch", "eval_interval", "eval_batches"})
-    (void)io::read_bounded(*options, key, 1, max, where, in_options);
-  (void)io::read_bounded(*options, "seq_len", 0, io::ModelLimits::max_context_length, where,
-                         in_options);
-  (void)io::read_bounded(*options, "warmup", 0, max, where, in_options);
-  for (const char* key : {"lr", "min_lr", "weight_decay", "beta1", "beta2", "eps", "grad_clip"})
-    (void)io::read_finite(*options, key, where, in_options);
-  (void)io::read_unsigned(*options, "data_seed", where, in_options);
+  if (!options->empty()) {
+    for (const char* key : {"steps", "batch", "eval_interval", "eval_batches"})
+      (void)io::read_bounded(*options, key, 1, max, where, in_options);
+    (void)io::read_bounded(*options, "seq_len", 0, io::ModelLimits::max_context_length, where,
+                           in_options);
+    (void)io::read_bounded(*options, "warmup", 0, max, where, in_options);
+    for (const char* key : {"lr", "min_lr", "weight_decay", "beta1", "beta2", "eps", "grad_clip"})
+      (void)io::read_finite(*options, key, where, in_options);
+    (void)io::read_unsigned(*options, "data_seed", where, in_options);
+  }
   s.options = *options;
   return s;
 }
