@@ -20,6 +20,7 @@
 #include <atomic>
 #include <csignal>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
@@ -425,6 +426,16 @@ int main(int argc, char** argv) {
                "Under mpirun: sum the ranks' gradients in rank order (reproducible, no overlap)");
   strata::mpi::Environment mpi(&argc, &argv);
   ranks = Ranks{mpi.rank(), mpi.size(), mpi.local_size()};
+#else
+  // Without MPI, N copies started by mpirun would each train alone and write the same files.
+  for (const char* var : {"OMPI_COMM_WORLD_SIZE", "PMI_SIZE"})
+    if (const char* n = std::getenv(var); n && std::atoi(n) > 1) {
+      std::fprintf(stderr,
+                   "train: error: started as one of %s processes (%s), but this build has no "
+                   "MPI; configure with -DSTRATA_USE_MPI=ON for data-parallel training\n",
+                   n, var);
+      return 1;
+    }
 #endif
   CLI11_PARSE(app, argc, argv);
   install_signal_handlers();

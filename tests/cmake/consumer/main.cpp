@@ -4,6 +4,10 @@
 #include <cstdio>
 
 #include <strata/strata.hpp>
+#if defined(STRATA_HAVE_MPI)
+// A strata installed with STRATA_USE_MPI hands its consumers MPI too: the MPI header must compile.
+#include <strata/train/distributed.hpp>
+#endif
 
 #ifndef STRATA_CONSUMER_MODE
 #define STRATA_CONSUMER_MODE "unknown"
