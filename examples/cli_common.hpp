@@ -34,6 +34,9 @@ inline CLI::Validator AtLeast(double minimum) {
           os << text << " is below the minimum " << minimum;
           return os.str();
         }
+        // (CLI11 would saturate a count beyond the 64-bit range to its maximum)
+        if (!(value < 9.2233720368547758e18))
+          return text + " is out of range (at most 9223372036854775807)";
         return "";
       },
       name.str());

@@ -4,6 +4,8 @@
 //
 // The sampled bytes are printed as they come; bytes that do not form valid UTF-8 become U+FFFD and
 // control characters '?', so the terminal is never garbled (--raw prints the exact bytes).
+#include <unistd.h>
+
 #include <cstdio>
 #include <iostream>
 
@@ -36,6 +38,18 @@ int main(int argc, char** argv) {
     if (cfg.vocab_size != strata::ByteTokenizer::vocab_size)
       strata::fail("the checkpoint's vocabulary has ", cfg.vocab_size,
                    " tokens; this example speaks bytes (256)");
+    // The KV cache holds context_length positions of every layer (and shortcut feature), which
+    // the checkpoint's size bounds only loosely: say so instead of running out of memory.
+    const bool shortcut = cfg.attention.kind() == strata::AttentionPlan::Kind::shortcut;
+    const double cached_layers = double(cfg.n_layer) * (shortcut ? 2.0 : 1.0);  // upper bound
+    const double cache_bytes = cached_layers * double(cfg.context_length) * 2.0
+                               * double(cfg.n_embd) * sizeof(float);
+    const double memory = double(::sysconf(_SC_PHYS_PAGES)) * double(::sysconf(_SC_PAGE_SIZE));
+    if (memory > 0 && cache_bytes > memory)
+      strata::fail("the KV cache of this model needs up to ", cache_bytes / 1e9, " GB (",
+                   cached_layers, " cached layers x context_length ", cfg.context_length,
+                   " x 2 n_embd ", 2 * cfg.n_embd, " floats), more than this machine's ",
+                   memory / 1e9, " GB of memory");
     std::fputs(prompt.c_str(), stdout);
     const auto start = std::chrono::steady_clock::now();
     examples::TerminalText text(raw);

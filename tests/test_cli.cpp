@@ -90,6 +90,16 @@ TEST(Flags, UnsignedInteger) {
   EXPECT_EQ(seed, 42u);
 }
 
+TEST(Flags, AtLeastRejectsNumbersBeyondTheIntegerRange) {
+  const CLI::Validator v = examples::AtLeast(1);
+  EXPECT_EQ(validate(v, "2000"), "");
+  EXPECT_EQ(validate(v, "0"), "0 is below the minimum 1");
+  EXPECT_EQ(validate(v, "-5"), "-5 is below the minimum 1");
+  EXPECT_EQ(validate(v, "99999999999999999999"),
+            "99999999999999999999 is out of range (at most 9223372036854775807)");
+  EXPECT_EQ(validate(v, "abc"), "'abc' is not a number");
+}
+
 class Paths : public strata::testing::TempDirTest {};
 
 TEST_F(Paths, OutputPathChecks) {

@@ -83,6 +83,8 @@ clobber)
   expect 105 "--seed: -5 is not an unsigned integer \(0 to 18446744073709551615\)" "--seed -5"
   run_train "${tiny[@]}" --seed 18446744073709551616
   expect 105 "--seed: 18446744073709551616 is not an unsigned integer" "--seed 2^64"
+  run_train "${tiny[@]}" --steps 99999999999999999999
+  expect 105 "--steps: 99999999999999999999 is out of range \(at most 9223372036854775807\)" "--steps 1e20"
   ;;
 
 signals)
