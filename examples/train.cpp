@@ -222,6 +222,12 @@ int main(int argc, char** argv) {
   std::signal(SIGTERM, on_signal);
   try {
     return run(f, app);
+  } catch (const strata::DivergenceError& e) {
+    // Nothing is saved after a non-finite step: the checkpoint stays the last good one.
+    std::fprintf(stderr,
+                 "\ntrain: error: %s\ntrain: stopped without saving; %s is left as it was\n",
+                 e.what(), f.checkpoint.c_str());
+    return 3;
   } catch (const std::exception& e) {
     std::fprintf(stderr, "\ntrain: error: %s\n", e.what());
     return 1;
