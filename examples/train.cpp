@@ -441,6 +441,15 @@ int main(int argc, char** argv) {
   install_signal_handlers();
   try {
     return run(f, app, ranks);
+  } catch (const strata::DivergenceError& e) {
+    // Nothing is saved after a non-finite step: the checkpoint stays the last good one.
+    const std::string message = std::string(e.what()) + "\ntrain: stopped without saving; " +
+                                f.checkpoint + " is left as it was";
+#if defined(STRATA_HAVE_MPI)
+    if (ranks.size > 1) strata::mpi::abort_all("train", message, 3);  // ends every rank
+#endif
+    std::fprintf(stderr, "\ntrain: error: %s\n", message.c_str());
+    return 3;
   } catch (const std::bad_alloc&) {
 #if defined(STRATA_HAVE_MPI)
     if (ranks.size > 1) strata::mpi::abort_all("train", "out of memory");  // ends every rank

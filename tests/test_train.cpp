@@ -8,6 +8,9 @@
 #include <cstdint>
 #include <cstring>
 #include <filesystem>
+#include <fstream>
+#include <iterator>
+#include <limits>
 #include <numeric>
 #include <set>
 #include <string>
@@ -634,6 +637,67 @@ TEST_F(Resume, ContinuesBitForBit) {
   EXPECT_EQ(c.state().step, 2 * k);
 }
 
+// A run saved on one thread count and resumed on another is not bit-exact (README, "Resume
+// across thread counts"): Eigen's and BLAS's products split their sums by thread count, so the
+// last bits differ. What is promised and tested: it is the same run (same data position,
+// schedule and optimizer state), equal to the straight run up to rounding, in both directions.
+// The bounds are far below what a real resume error makes: a lost optimizer state moves every
+// parameter by about lr (relative ~10%), another batch changes the loss by ~1%.
+TEST_F(Resume, ContinuesOnAnotherThreadCountUpToRounding) {
+  // Large enough that every parallel region runs on both threads (LayerNorm, GELU, cross-entropy
+  // and AdamW have size thresholds; Eigen splits the products).
+  ModelConfig cfg = tiny_config();
+  cfg.n_embd = 96;
+  const Index k = 2;
+  TrainOptions opts = tiny_options(2 * k);
+  opts.batch = 16;
+  opts.eval_batches = 1;
+  const auto relative = [](const Vector<float>& a, const Vector<float>& b) {
+    return double((a - b).norm() / b.norm());
+  };
+  for (const int first : {1, 2}) {
+    const int second = 3 - first;
+    SCOPED_TRACE("saved on " + std::to_string(first) + " thread(s), resumed on "
+                 + std::to_string(second));
+    // Straight: 2k steps on `first` threads.
+    strata::set_num_threads(first);
+    GPT<float> model_a(cfg);
+    Trainer<float> a(model_a, corpus(), opts);
+    std::vector<double> losses_a;
+    for (Index i = 0; i < 2 * k; ++i) losses_a.push_back(a.step().loss);
+
+    // k steps on `first` threads, saved; resumed on `second` threads for k more.
+    const std::string path = file("run_" + std::to_string(first) + ".safetensors");
+    {
+      GPT<float> model_b(cfg);
+      Trainer<float> b(model_b, corpus(), opts);
+      for (Index i = 0; i < k; ++i) b.step();
+      b.save(path);
+    }
+    strata::set_num_threads(second);
+    ASSERT_EQ(strata::num_threads(), second);
+    ModelConfig other = cfg;
+    other.seed = 4242;
+    GPT<float> model_c(other);
+    Trainer<float> c(model_c, corpus(), opts);
+    c.resume(path);
+    for (Index i = k; i < 2 * k; ++i) {
+      const double loss = c.step().loss;
+      EXPECT_NEAR(loss, losses_a[size_t(i)], 1e-4 * losses_a[size_t(i)]) << "step " << i + 1;
+    }
+    EXPECT_EQ(c.state().step, 2 * k);
+    EXPECT_EQ(c.optimizer().step_count(), 2 * k);
+    const double dp = relative(model_c.parameters(), model_a.parameters());
+    const double dm = relative(c.optimizer().m(), a.optimizer().m());
+    const double dv = relative(c.optimizer().v(), a.optimizer().v());
+    EXPECT_LT(dp, 1e-3);
+    EXPECT_LT(dm, 1e-3);
+    EXPECT_LT(dv, 1e-3);
+    std::printf("resume %d -> %d threads: relative differences parameters %.2e, m %.2e, v %.2e\n",
+                first, second, dp, dm, dv);
+  }
+}
+
 TEST_F(Resume, MismatchedOptionsAreErrors) {
   strata::set_num_threads(1);
   const std::string path = file("run.safetensors");
@@ -668,6 +732,88 @@ TEST_F(Resume, MismatchedOptionsAreErrors) {
   Trainer<float> with_wide(wide_model, corpus(), tiny_options(10));
   EXPECT_EQ(error_of([&] { with_wide.resume(path); }),
             "checkpoint " + path + ": saved with n_embd 32, but the model has n_embd 64");
+}
+
+// ---- divergence guard
+// -----------------------------------------------------------------------------
+
+using Divergence = TempDir;
+
+TEST_F(Divergence, HugeLearningRateStopsAtTheFirstNonFiniteStep) {
+  strata::set_num_threads(1);
+  TrainOptions opts = tiny_options(50);
+  opts.lr = 1e9;
+  opts.min_lr = 0;
+  opts.warmup = 0;
+  GPT<float> model(tiny_config());
+  Trainer<float> trainer(model, corpus(), opts);
+  const std::string path = file("run.safetensors");
+  std::vector<double> losses;
+  Trainer<float>::Callbacks cb;
+  cb.on_step = [&](const strata::StepReport& r) {
+    losses.push_back(r.loss);
+    trainer.save(path);  // a checkpoint after every step, as `train --checkpoint-interval 1`
+  };
+  std::string message = "<no error>";
+  Index failed_step = 0;
+  double loss = 0, norm = 0;
+  try {
+    trainer.run(cb);
+  } catch (const strata::DivergenceError& e) {
+    message = e.what();
+    failed_step = e.step();
+    loss = e.loss();
+    norm = e.grad_norm();
+  }
+  // Stopped at once: every reported step was finite, the failing one is the next.
+  ASSERT_GE(failed_step, 2) << message;
+  ASSERT_LT(failed_step, 50) << message;
+  EXPECT_EQ(Index(losses.size()), failed_step - 1);
+  for (double l : losses) EXPECT_TRUE(std::isfinite(l));
+  EXPECT_FALSE(std::isfinite(loss) && std::isfinite(norm)) << loss << " " << norm;
+  const std::string head = "training diverged at step " + std::to_string(failed_step) + ": the ";
+  EXPECT_EQ(message.substr(0, head.size()), head) << message;
+  EXPECT_NE(message.find("; stopped before updating the parameters, which stay as after step "
+                         + std::to_string(failed_step - 1)
+                         + ". Likely cause: a learning rate too high (lr 1e+09, "),
+            std::string::npos)
+      << message;
+
+  // Nothing of the failed step was applied: the trainer is where the last checkpoint left it.
+  EXPECT_EQ(trainer.state().step, failed_step - 1);
+  GPT<float> saved(tiny_config());
+  Trainer<float> check(saved, corpus(), opts);
+  check.resume(path);
+  EXPECT_EQ(check.state().step, failed_step - 1);
+  EXPECT_TRUE(bit_equal(saved.parameters(), model.parameters()));
+  EXPECT_TRUE(bit_equal(check.optimizer().m(), trainer.optimizer().m()));
+  // The data position was rewound too: a save now writes the same checkpoint again.
+  const std::string again = file("again.safetensors");
+  trainer.save(again);
+  const auto bytes = [](const std::string& p) {
+    std::ifstream in(p, std::ios::binary);
+    return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+  };
+  EXPECT_EQ(bytes(again), bytes(path));
+}
+
+TEST(Trainer, NonFiniteParameterIsADivergenceErrorAndChangesNothing) {
+  strata::set_num_threads(1);
+  GPT<float> model(tiny_config());
+  model.parameters()[5] = std::numeric_limits<float>::quiet_NaN();
+  const Vector<float> before = model.parameters();
+  Trainer<float> trainer(model, corpus(), tiny_options(20));
+  EXPECT_EQ(error_of([&] { trainer.step(); }),
+            "training diverged at step 1: the training loss is nan (gradient norm nan); stopped "
+            "before updating the parameters, which stay as after step 0. Likely cause: a learning "
+            "rate too high (lr 0.003, 0.0006 at this step), or unusual data; lower the learning "
+            "rate or check the data, then start again or continue from the last good checkpoint");
+  EXPECT_THROW(trainer.step(), strata::DivergenceError);
+  EXPECT_THROW(trainer.step(), strata::Error);  // a DivergenceError is a strata::Error
+  EXPECT_TRUE(bit_equal(model.parameters(), before));
+  EXPECT_EQ(trainer.state().step, 0);
+  EXPECT_EQ(trainer.optimizer().step_count(), 0);
+  EXPECT_TRUE(trainer.optimizer().m().isZero());
 }
 
 }  // namespace

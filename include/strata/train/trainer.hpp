@@ -3,6 +3,7 @@
 #pragma once
 
 #include <chrono>
+#include <cmath>
 #include <functional>
 #include <nlohmann/json.hpp>
 #include <string>
@@ -56,14 +57,36 @@ struct TrainOptions {
             {"eval_interval", eval_interval},           {"eval_batches", eval_batches},
             {"data_seed", data_seed}};
   }
+  /// Reads what to_json wrote. A missing key, a value of the wrong type, or a float for an integer
+  /// setting (say 1e300, which would be cast out of range) is a strata::Error.
   static TrainOptions from_json(const nlohmann::json& j) {
+    try {
+      return from_json_unchecked(j);
+    } catch (const nlohmann::json::exception& e) {
+      fail("TrainOptions: malformed options: ", e.what());
+    }
+  }
+
+ private:
+  static TrainOptions from_json_unchecked(const nlohmann::json& j) {
     TrainOptions o;
-    o.steps = j.at("steps"); o.batch = j.at("batch"); o.seq_len = j.at("seq_len");
-    o.warmup = j.at("warmup"); o.lr = j.at("lr"); o.min_lr = j.at("min_lr");
+    o.steps = integer<Index>(j, "steps"); o.batch = integer<Index>(j, "batch");
+    o.seq_len = integer<Index>(j, "seq_len");
+    o.warmup = integer<Index>(j, "warmup"); o.lr = j.at("lr"); o.min_lr = j.at("min_lr");
     o.weight_decay = j.at("weight_decay"); o.beta1 = j.at("beta1"); o.beta2 = j.at("beta2");
-    o.eps = j.at("eps"); o.grad_clip = j.at("grad_clip"); o.eval_interval = j.at("eval_interval");
-    o.eval_batches = j.at("eval_batches"); o.data_seed = j.at("data_seed");
+    o.eps = j.at("eps"); o.grad_clip = j.at("grad_clip");
+    o.eval_interval = integer<Index>(j, "eval_interval");
+    o.eval_batches = integer<Index>(j, "eval_batches");
+    o.data_seed = integer<std::uint64_t>(j, "data_seed");
     return o;
+  }
+
+  template <typename T>
+  static T integer(const nlohmann::json& j, const char* key) {
+    const nlohmann::json& v = j.at(key);
+    if (v.is_number_float())
+      fail("TrainOptions: ", key, " = ", v.dump(), ", expected an integer");
+    return v.get<T>();
   }
 };
 
@@ -75,6 +98,26 @@ struct StepReport {
   double grad_norm;  ///< before clipping
   double seconds;    ///< wall time of the step
   double tokens_per_second;
+};
+
+/// Thrown by Trainer::step() (and so run()) when a step's training loss or gradient norm is not
+/// finite: training diverged. It is raised before the update, so the model, the optimizer and the
+/// data position stay exactly as they were after the last good step (step() - 1 steps done); a
+/// checkpoint saved before is still the last good one. There is no skipping of non-finite steps:
+/// one such step stops training (a skipped batch changes the run and usually only delays the
+/// next failure; the remedy is a lower learning rate or a look at the data).
+class DivergenceError : public Error {
+ public:
+  DivergenceError(Index step, double loss, double grad_norm, const std::string& message)
+      : Error(message), step_(step), loss_(loss), grad_norm_(grad_norm) {}
+  /// The step (1-based) that produced the non-finite value; step() - 1 steps are done.
+  Index step() const { return step_; }
+  double loss() const { return loss_; }
+  double grad_norm() const { return grad_norm_; }
+
+ private:
+  Index step_;
+  double loss_, grad_norm_;
 };
 
 /// Trains a model on a dataset. The loop is deterministic for a given thread count: the same
@@ -138,14 +181,21 @@ class Trainer {
     save_training_checkpoint(path, model_, adam_, state_);
   }
 
-  /// One optimizer step on the next batch.
+  /// One optimizer step on the next batch. A non-finite loss or gradient norm throws
+  /// DivergenceError before anything changes (see there).
   StepReport step() {
     const auto t0 = std::chrono::steady_clock::now();
+    const Rng::State rng_before = loader_.rng_state();
+    const Index drawn_before = loader_.batches_drawn();
     loader_.next(x_, y_);
     double loss = double(model_.forward_backward(x_, y_));
     if (reduce_) loss = reduce_(loss);
     const double norm = clip_grad_norm(model_.gradients(), opt_.grad_clip);
     const double lr = schedule_.at(state_.step);
+    if (!std::isfinite(loss) || !std::isfinite(norm)) {
+      loader_.restore(rng_before, drawn_before);  // the batch is drawn again by a retry
+      diverged(loss, norm, lr);
+    }
     adam_.step(model_, lr);
     ++state_.step;
     const double sec = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
@@ -171,6 +221,21 @@ class Trainer {
   }
 
  private:
+  [[noreturn]] void diverged(double loss, double norm, double lr) const {
+    const Index step = state_.step + 1;
+    const bool bad_loss = !std::isfinite(loss);
+    throw DivergenceError(
+        step, loss, norm,
+        detail::error_message(
+            "training diverged at step ", step, ": the ",
+            bad_loss ? "training loss" : "gradient norm", " is ", bad_loss ? loss : norm,
+            bad_loss ? " (gradient norm " : " (training loss ", bad_loss ? norm : loss,
+            "); stopped before updating the parameters, which stay as after step ", step - 1,
+            ". Likely cause: a learning rate too high (lr ", opt_.lr, ", ", lr,
+            " at this step), or unusual data; lower the learning rate or check the data, then "
+            "start again or continue from the last good checkpoint"));
+  }
+
   void sync_state() {
     state_.batches_drawn = loader_.batches_drawn();
     state_.data_rng = loader_.rng_state();
