@@ -1,4 +1,5 @@
-// generate: samples text from a checkpoint written by train.
+// generate: samples text from a checkpoint written by train; the checkpoint carries its tokenizer
+// (bytes, or the SentencePiece model of `prepare`), so it is all generate needs.
 //
 //   build/examples/generate --checkpoint out/model.safetensors --prompt "Call me " --tokens 400
 //
@@ -8,6 +9,7 @@
 
 #include <cstdio>
 #include <iostream>
+#include <memory>
 
 #include "cli_common.hpp"
 
@@ -20,9 +22,9 @@ int main(int argc, char** argv) {
   bool raw = false;
   app.add_option("--checkpoint", checkpoint, "Checkpoint written by train")->capture_default_str();
   app.add_option("--prompt", prompt, "Text to continue")->capture_default_str();
-  app.add_option("--tokens", tokens, "Bytes to generate")->capture_default_str()->check(examples::AtLeast(0));
+  app.add_option("--tokens", tokens, "Tokens to generate")->capture_default_str()->check(examples::AtLeast(0));
   app.add_option("--temperature", sampler.temperature, "Sampling temperature; 0 = greedy")->capture_default_str()->check(examples::AtLeast(0));
-  app.add_option("--top-k", sampler.top_k, "Sample among the k most likely bytes; 0 = all")->capture_default_str()->check(examples::AtLeast(0));
+  app.add_option("--top-k", sampler.top_k, "Sample among the k most likely tokens; 0 = all")->capture_default_str()->check(examples::AtLeast(0));
   app.add_option("--seed", sampler.seed, "Sampling seed")->capture_default_str()->check(examples::UnsignedInteger());
   app.add_option("--threads", threads, "Threads; 0 = all cores")->capture_default_str()->check(examples::AtLeast(0));
   app.add_flag("--raw", raw, "Print the sampled bytes exactly (default: invalid UTF-8 and control characters are replaced)");
@@ -30,14 +32,20 @@ int main(int argc, char** argv) {
   try {
     strata::set_num_threads(threads);
     examples::check_input_file(checkpoint, "--checkpoint");
-    auto model = strata::load_model<float>(checkpoint);
+    const auto file = strata::io::SafetensorsFile::read(checkpoint);  // read once: model + tokenizer
+    // read_checked_config: the sizes are checked against the tensors before anything is allocated
+    auto model = std::make_unique<strata::GPT<float>>(strata::io::read_checked_config(file));
+    strata::load_checkpoint(file, *model);
     const auto& cfg = model->config();
-    std::fprintf(stderr, "%s: L%lld H%lld C%lld context %lld, attention %s\n", checkpoint.c_str(),
-                 (long long)cfg.n_layer, (long long)cfg.n_head, (long long)cfg.n_embd,
-                 (long long)cfg.context_length, examples::plan_text(cfg).c_str());
-    if (cfg.vocab_size != strata::ByteTokenizer::vocab_size)
-      strata::fail("the checkpoint's vocabulary has ", cfg.vocab_size,
-                   " tokens; this example speaks bytes (256)");
+    const strata::TokenizerSpec spec = strata::read_tokenizer(file);
+    std::fprintf(stderr, "%s: L%lld H%lld C%lld V%lld context %lld, attention %s, tokenizer %s\n",
+                 checkpoint.c_str(), (long long)cfg.n_layer, (long long)cfg.n_head,
+                 (long long)cfg.n_embd, (long long)cfg.vocab_size, (long long)cfg.context_length,
+                 examples::plan_text(cfg).c_str(), spec.describe().c_str());
+    const auto tokenizer = strata::make_tokenizer(spec, "checkpoint " + checkpoint);
+    if (tokenizer->vocab_size() > cfg.vocab_size)
+      strata::fail("checkpoint ", checkpoint, ": its tokenizer ", spec.describe(),
+                   " has more tokens than the model's vocab_size ", cfg.vocab_size);
     // The KV cache holds context_length positions of every layer (and shortcut feature), which
     // the checkpoint's size bounds only loosely: say so instead of running out of memory.
     const bool shortcut = cfg.attention.kind() == strata::AttentionPlan::Kind::shortcut;
@@ -52,14 +60,14 @@ int main(int argc, char** argv) {
                    memory / 1e9, " GB of memory");
     std::fputs(prompt.c_str(), stdout);
     const auto start = std::chrono::steady_clock::now();
-    examples::TerminalText text(raw);
-    strata::generate(*model, strata::ByteTokenizer::encode(prompt), tokens, sampler,
-                     [&text](strata::Token t) {
-                       const std::string out = text.put(static_cast<unsigned char>(t));
-                       std::fwrite(out.data(), 1, out.size(), stdout);  // --raw may hold NUL
-                       std::fflush(stdout);
-                     });
-    std::fputs(text.flush().c_str(), stdout);
+    strata::TextStream stream(*tokenizer);  // whole characters as they complete
+    strata::generate(*model, tokenizer->encode(prompt), tokens, sampler, [&](strata::Token t) {
+      const std::string out = examples::printable(stream.push(t), raw);
+      std::fwrite(out.data(), 1, out.size(), stdout);  // --raw may hold NUL bytes
+      std::fflush(stdout);
+    });
+    const std::string rest = examples::printable(stream.flush(), raw);
+    std::fwrite(rest.data(), 1, rest.size(), stdout);
     const double sec = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     std::fprintf(stderr, "\n%lld tokens in %.2f s (%.0f tokens/s)\n", (long long)tokens, sec,
                  double(tokens) / sec);

@@ -1,4 +1,5 @@
-// train: trains a GPT on a text file (by default the bundled Moby Dick) with a live progress bar,
+// train: trains a GPT on a text file (by default the bundled Moby Dick, as bytes) or on the token
+// files of `prepare` (--tokens; BPE vocabularies, corpora larger than memory) with a live progress bar,
 // periodic validation, a JSON-lines log of every loss, checkpoints that resume exactly, and a text
 // sample at the end.
 //
@@ -15,6 +16,7 @@
 #include <fcntl.h>
 #include <signal.h>
 #include <sys/file.h>
+//   build/examples/train --tokens out/notes                # token files from prepare
 #include <unistd.h>
 
 #include <atomic>
@@ -72,6 +74,7 @@ struct Flags {
   examples::PlanFlags plan;
   strata::TrainOptions train;
   std::string data = STRATA_DEFAULT_DATA;
+  std::string tokens;  // prefix of token files written by prepare; replaces --data
   double val_fraction = 0.1;
   std::string checkpoint = "out/model.safetensors";
   Index checkpoint_interval = 500;
@@ -238,7 +241,7 @@ int run(Flags& f, CLI::App& app, const Ranks& ranks) {
                                                             : std::max(1, hardware / ranks.local));
   // --resume X writes back to X unless --checkpoint names another file.
   if (!f.resume.empty() && app.count("--checkpoint") == 0) f.checkpoint = f.resume;
-  examples::check_input_file(f.data, "--data");
+  if (f.tokens.empty()) examples::check_input_file(f.data, "--data");
   // Rank 0 alone writes the checkpoint and the log: it alone checks and locks them.
   std::optional<RunLog> log;
   if (ranks.root()) {
@@ -251,6 +254,17 @@ int run(Flags& f, CLI::App& app, const Ranks& ranks) {
   }
   std::unique_ptr<strata::GPT<float>> model;
   strata::TrainOptions opts = f.train;
+  // The tokens: a text file's bytes (--data) or token files mapped from disk (--tokens).
+  strata::TextDataset text;
+  strata::TokenDataset data;
+  auto load_data = [&](Index T) {
+    if (f.tokens.empty()) {
+      text = read_data(f.data, f.val_fraction, T);
+      data = text;
+    } else {
+      data = strata::TokenDataset::from_token_files(f.tokens, T);
+    }
+  };
   std::optional<strata::io::SafetensorsFile> saved_run;  // the checkpoint of --resume, read once
   if (!f.resume.empty()) {
     // The checkpoint decides the model and the run's settings; only --steps may change.
@@ -266,14 +280,18 @@ int run(Flags& f, CLI::App& app, const Ranks& ranks) {
     const Index steps = app.count("--steps") ? opts.steps : saved.steps;
     opts = saved;
     opts.steps = steps;
+    load_data(opts.seq_len > 0 ? opts.seq_len : model->config().context_length);
   } else {
     f.model.attention = f.plan.plan();
     f.model.seed = opts.data_seed;
+    load_data(opts.seq_len > 0 ? opts.seq_len : f.model.context_length);
+    f.model.vocab_size = data.tokenizer.vocab_size;  // 256 for bytes
     model = std::make_unique<strata::GPT<float>>(f.model);
   }
   const strata::ModelConfig& cfg = model->config();
   const Index T = opts.seq_len > 0 ? opts.seq_len : cfg.context_length;
-  const strata::TextDataset data = read_data(f.data, f.val_fraction, T);
+  // Built now, so that a tokenizer this program cannot use fails before training.
+  const auto tokenizer = strata::make_tokenizer(data.tokenizer, "tokens " + data.source);
   strata::Trainer<float> trainer(*model, data, opts);
   if (saved_run) trainer.resume(*saved_run);  // weights, optimizer moments, data position
 #if defined(STRATA_HAVE_MPI)
@@ -290,16 +308,18 @@ int run(Flags& f, CLI::App& app, const Ranks& ranks) {
   if (!ranks.root()) f.quiet = true;
 
   if (ranks.root())
-    std::fprintf(
-        stderr,
-        "strata train: %lld parameters | L%lld H%lld C%lld T%lld | batch %lld | attention %s\n"
-        "  data %s: %zu training / %zu validation bytes | %d threads | seed %llu\n"
-        "  products: %s\n",
-        (long long)model->num_parameters(), (long long)cfg.n_layer, (long long)cfg.n_head,
-        (long long)cfg.n_embd, (long long)T, (long long)opts.batch,
-        examples::plan_text(cfg).c_str(), f.data.c_str(), data.train.size(), data.val.size(),
-        strata::num_threads(), (unsigned long long)opts.data_seed,
-        strata::product_backend().c_str());
+    std::fprintf(stderr,
+                 "strata train: %lld parameters | L%lld H%lld C%lld T%lld V%lld | batch %lld | "
+                 "attention %s\n"
+                 "  data %s: %lld training / %lld validation tokens, tokenizer %s | %d threads | "
+                 "seed %llu\n"
+                 "  products: %s\n",
+                 (long long)model->num_parameters(), (long long)cfg.n_layer,
+                 (long long)cfg.n_head, (long long)cfg.n_embd, (long long)T,
+                 (long long)cfg.vocab_size, (long long)opts.batch, examples::plan_text(cfg).c_str(),
+                 data.source.c_str(), (long long)data.train.size(), (long long)data.val.size(),
+                 data.tokenizer.describe().c_str(), strata::num_threads(),
+                 (unsigned long long)opts.data_seed, strata::product_backend().c_str());
   if (ranks.root()) std::fputs(strata::kernel_width_warnings().c_str(), stderr);
   if (ranks.size > 1 && ranks.root())
     std::fprintf(stderr,
@@ -373,9 +393,9 @@ int run(Flags& f, CLI::App& app, const Ranks& ranks) {
 
   if (f.sample_tokens > 0) {
     strata::Sampler sampler{f.temperature, f.top_k, opts.data_seed};
-    const auto ids = strata::generate(*model, strata::ByteTokenizer::encode(f.prompt),
-                                      f.sample_tokens, sampler);
-    const std::string sample = examples::printable(strata::ByteTokenizer::decode(ids), f.raw);
+    const auto ids =
+        strata::generate(*model, tokenizer->encode(f.prompt), f.sample_tokens, sampler);
+    const std::string sample = examples::printable(tokenizer->decode(ids), f.raw);
     std::printf("---- sample (temperature %.2f, top-k %lld) ----\n%s", f.temperature,
                 (long long)f.top_k, f.prompt.c_str());
     std::fwrite(sample.data(), 1, sample.size(), stdout);  // --raw may hold NUL bytes
@@ -387,7 +407,7 @@ int run(Flags& f, CLI::App& app, const Ranks& ranks) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  CLI::App app{"Train a strata GPT on a text file (byte-level tokens)."};
+  CLI::App app{"Train a strata GPT on a text file (bytes) or on token files written by prepare."};
   Flags f;
   app.add_option("--layers", f.model.n_layer, "Transformer blocks L")->capture_default_str()->check(examples::AtLeast(1));
   app.add_option("--heads", f.model.n_head, "Attention heads per block")->capture_default_str()->check(examples::AtLeast(1));
@@ -407,17 +427,19 @@ int main(int argc, char** argv) {
   app.add_option("--eval-batches", f.train.eval_batches, "Batches per validation run")->capture_default_str()->check(examples::AtLeast(1));
   app.add_option("--seed", f.train.data_seed, "Seed of the initialisation, the batches and the sample")->capture_default_str()->check(examples::UnsignedInteger());
   app.add_option("--threads", f.threads, "Threads; 0 = all cores")->capture_default_str()->check(examples::AtLeast(0));
-  app.add_option("--data", f.data, "UTF-8 text file to train on")->capture_default_str();
+  auto* data_flag = app.add_option("--data", f.data, "UTF-8 text file to train on (as bytes)")->capture_default_str();
+  app.add_option("--tokens", f.tokens, "Token files written by prepare: their prefix (<prefix>.train.tok, .val.tok, .model); instead of --data")
+      ->excludes(data_flag);
   app.add_option("--val-fraction", f.val_fraction, "Fraction of the file (its end) kept for validation")->capture_default_str()->check(CLI::Range(0.001, 0.5));
   app.add_option("--checkpoint", f.checkpoint, "Training checkpoint written during and after the run (default with --resume: the resumed file)")->capture_default_str();
   app.add_flag("--overwrite", f.overwrite, "Let a fresh run replace an existing --checkpoint (the old file stays until the first new save)");
   app.add_option("--checkpoint-interval", f.checkpoint_interval, "Steps between checkpoints; 0 = only at the end")->capture_default_str()->check(examples::AtLeast(0));
   app.add_option("--resume", f.resume, "Continue the run saved in this training checkpoint")->check(CLI::ExistingFile);
   app.add_option("--log", f.log, "JSON-lines log of every loss")->capture_default_str();
-  app.add_option("--sample-tokens", f.sample_tokens, "Bytes to sample at the end; 0 = none")->capture_default_str()->check(examples::AtLeast(0));
+  app.add_option("--sample-tokens", f.sample_tokens, "Tokens to sample at the end; 0 = none")->capture_default_str()->check(examples::AtLeast(0));
   app.add_option("--prompt", f.prompt, "Prompt of the final sample")->capture_default_str();
   app.add_option("--temperature", f.temperature, "Sampling temperature; 0 = greedy")->capture_default_str()->check(examples::AtLeast(0));
-  app.add_option("--top-k", f.top_k, "Sample among the k most likely bytes; 0 = all")->capture_default_str()->check(examples::AtLeast(0));
+  app.add_option("--top-k", f.top_k, "Sample among the k most likely tokens; 0 = all")->capture_default_str()->check(examples::AtLeast(0));
   app.add_flag("--quiet", f.quiet, "No progress bar");
   app.add_flag("--raw", f.raw, "Print the sample's bytes exactly (default: invalid UTF-8 and control characters are replaced)");
   Ranks ranks;

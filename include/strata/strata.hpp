@@ -20,6 +20,8 @@
 #include "model/parameters.hpp"
 #include "model/sampling.hpp"
 
+#include "text/text.hpp"
+
 #include "train/adamw.hpp"
 #include "train/data.hpp"
 
@@ -28,6 +30,7 @@
 #include "io/checkpoint.hpp"
 #include "io/config_json.hpp"
 #include "io/safetensors.hpp"
+#include "text/metadata.hpp"
 #include "train/checkpoint.hpp"
 #include "train/trainer.hpp"
 #endif

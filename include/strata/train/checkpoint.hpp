@@ -4,6 +4,7 @@
 // continues exactly as an uninterrupted one would.
 #pragma once
 
+#include <map>
 #include <nlohmann/json.hpp>
 #include <string>
 
@@ -23,10 +24,12 @@ struct TrainState {
   nlohmann::json options = nlohmann::json::object();  ///< the trainer's settings, for resume
 };
 
-/// Saves weights, optimizer moments and training state atomically.
+/// Saves weights, optimizer moments and training state atomically; extra_metadata is written
+/// alongside (the Trainer records its data's tokenizer there).
 template <typename Scalar>
 void save_training_checkpoint(const std::string& path, const GPT<Scalar>& model,
-                              const AdamW<Scalar>& opt, const TrainState& state) {
+                              const AdamW<Scalar>& opt, const TrainState& state,
+                              std::map<std::string, std::string> extra_metadata = {}) {
   std::vector<io::TensorView> extra;
   io::append_arena(extra, model.layout(), opt.m().data(), "optimizer.m.");
   io::append_arena(extra, model.layout(), opt.v().data(), "optimizer.v.");
@@ -35,7 +38,8 @@ void save_training_checkpoint(const std::string& path, const GPT<Scalar>& model,
                       {"data_rng", state.data_rng},
                       {"adam_step", opt.step_count()},
                       {"options", state.options}};
-  save_checkpoint(path, model, extra, {{"strata.train", j.dump()}});
+  extra_metadata["strata.train"] = j.dump();
+  save_checkpoint(path, model, extra, extra_metadata);
 }
 
 /// Reads the `strata.train` metadata of a training checkpoint (the run's options and position).

@@ -1,39 +1,24 @@
-// strata/train/data.hpp: byte-level tokenizer, a text corpus split into training and validation
-// tokens, and a seeded batch loader whose position can be saved and restored.
+// strata/train/data.hpp: a text corpus split into training and validation tokens (bytes in memory,
+// or token files mapped from disk), and a seeded batch loader whose position can be saved and
+// restored. The tokenizers are in strata/text/.
 #pragma once
 
 #include <cerrno>
 #include <cstring>
 #include <fstream>
+#include <memory>
 #include <sstream>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "../core/error.hpp"
 #include "../core/rng.hpp"
 #include "../core/types.hpp"
+#include "../text/token_file.hpp"
+#include "../text/tokenizer.hpp"
 
 namespace strata {
-
-/// Bytes are tokens: every UTF-8 text maps to ids 0..255 and back without loss.
-struct ByteTokenizer {
-  static constexpr Index vocab_size = 256;
-  static std::vector<Token> encode(const std::string& text) {
-    std::vector<Token> ids(text.size());
-    for (size_t i = 0; i < text.size(); ++i) ids[i] = static_cast<unsigned char>(text[i]);
-    return ids;
-  }
-  /// Ids outside 0..255 are an error (a model with a larger vocabulary needs its own tokenizer).
-  static std::string decode(const std::vector<Token>& ids) {
-    std::string s(ids.size(), '\0');
-    for (size_t i = 0; i < ids.size(); ++i) {
-      if (ids[i] < 0 || ids[i] > 255)
-        fail("ByteTokenizer::decode: token ", ids[i], " at ", i, " is not a byte (0..255)");
-      s[i] = static_cast<char>(static_cast<unsigned char>(ids[i]));
-    }
-    return s;
-  }
-};
 
 /// A tokenized corpus: the first (1 - val_fraction) of the tokens train, the rest validate.
 struct TextDataset {
@@ -71,14 +56,53 @@ struct TextDataset {
   }
 };
 
+/// The tokens a Trainer reads: training and validation spans, the tokenizer that made them, and
+/// what keeps the spans' memory alive (mapped token files). A TextDataset converts to a view of
+/// its vectors (which must then outlive this object); from_token_files maps a prepared corpus.
+struct TokenDataset {
+  std::string source;
+  TokenSpan train, val;
+  TokenizerSpec tokenizer;
+  std::shared_ptr<const void> storage;  ///< owner of the spans' memory, if not the caller
+
+  TokenDataset() = default;
+  TokenDataset(const TextDataset& text)  // NOLINT: implicit, as Trainer took a TextDataset
+      : source(text.source), train(text.train), val(text.val) {}
+
+  /// Maps "<prefix>.train.tok" and "<prefix>.val.tok" (see PreparedCorpus) and reads their
+  /// tokenizer; both must come from the same tokenizer and hold a window of seq_len + 1 tokens.
+  static TokenDataset from_token_files(const std::string& prefix, Index seq_len) {
+    const PreparedCorpus files = PreparedCorpus::at(prefix);
+    auto train = TokenFile::open(files.train);
+    auto val = TokenFile::open(files.val);
+    const TokenFileHeader &ht = train->header(), &hv = val->header();
+    if (ht.tokenizer_checksum != hv.tokenizer_checksum || ht.vocab_size != hv.vocab_size)
+      fail("tokens ", files.prefix, ": ", files.val, " was encoded with tokenizer checksum ",
+           checksum_hex(hv.tokenizer_checksum), " (vocab ", hv.vocab_size, "), ", files.train,
+           " with ", checksum_hex(ht.tokenizer_checksum), " (vocab ", ht.vocab_size, ")");
+    for (const auto* f : {train.get(), val.get()})
+      if (f->size() < seq_len + 1)
+        fail("tokens ", f->path(), ": ", f->size(), " tokens cannot fill one window of ",
+             seq_len + 1, " (sequence length ", seq_len, " + 1)");
+    TokenDataset d;
+    d.source = files.prefix;
+    d.tokenizer = tokenizer_of(*train, files.model);
+    d.train = train->tokens();
+    d.val = val->tokens();
+    d.storage = std::make_shared<
+        std::pair<std::shared_ptr<const TokenFile>, std::shared_ptr<const TokenFile>>>(train, val);
+    return d;
+  }
+};
+
 /// Draws training batches: each row is a window of T + 1 consecutive tokens at a uniformly random
 /// offset (inputs = first T, targets = last T). The generator's state and the number of batches
 /// drawn are the loader's whole position, so a resumed run draws exactly the batches an
 /// uninterrupted one would.
 class BatchLoader {
  public:
-  BatchLoader(const std::vector<Token>& tokens, Index B, Index T, std::uint64_t seed)
-      : tokens_(&tokens), B_(B), T_(T), rng_(seed) {
+  BatchLoader(TokenSpan tokens, Index B, Index T, std::uint64_t seed)
+      : tokens_(tokens), B_(B), T_(T), rng_(seed) {
     STRATA_CHECK(B >= 1 && T >= 1, "BatchLoader: batch ", B, " and sequence length ", T,
                  " must both be >= 1");
     STRATA_CHECK(Index(tokens.size()) >= T + 1, "BatchLoader: ", tokens.size(),
@@ -103,13 +127,13 @@ class BatchLoader {
   void next(TokenMatrix& x, TokenMatrix& y) {
     x.resize(rows_, T_);
     y.resize(rows_, T_);
-    const std::uint64_t span = tokens_->size() - T_;  // valid offsets: 0..size-T-1
+    const auto span = std::uint64_t(tokens_.size() - T_);  // valid offsets: 0..size-T-1
     for (Index b = 0; b < B_; ++b) {
       const Index off = Index(rng_.below(span));
       if (b < first_row_ || b >= first_row_ + rows_) continue;
       for (Index t = 0; t < T_; ++t) {
-        x(b - first_row_, t) = (*tokens_)[off + t];
-        y(b - first_row_, t) = (*tokens_)[off + t + 1];
+        x(b - first_row_, t) = tokens_[off + t];
+        y(b - first_row_, t) = tokens_[off + t + 1];
       }
     }
     ++batches_;
@@ -124,7 +148,7 @@ class BatchLoader {
   }
 
  private:
-  const std::vector<Token>* tokens_;
+  TokenSpan tokens_;
   Index B_, T_;
   Index first_row_ = 0, rows_ = B_;
   Rng rng_;
@@ -134,7 +158,7 @@ class BatchLoader {
 /// Mean loss over up to max_batches batches of B non-overlapping windows spread evenly over
 /// `tokens` (the same windows every call, so evaluations are comparable across steps and runs).
 template <typename Model>
-double evaluate(Model& model, const std::vector<Token>& tokens, Index B, Index T, Index max_batches) {
+double evaluate(Model& model, TokenSpan tokens, Index B, Index T, Index max_batches) {
   const Index windows = (Index(tokens.size()) - 1) / T;
   STRATA_CHECK(windows >= 1, "evaluate: ", tokens.size(), " tokens cannot fill one window of ",
                T + 1);

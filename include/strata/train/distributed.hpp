@@ -103,6 +103,15 @@ inline std::uint64_t fingerprint(const void* data, std::size_t bytes,
   for (std::size_t i = 0; i < bytes; ++i) h = (h ^ p[i]) * 1099511628211ull;
   return h;
 }
+// The same over the token values of a span (whatever their width in memory or on disk).
+inline std::uint64_t fingerprint(const TokenSpan& tokens) {
+  std::uint64_t h = 1469598103934665603ull;
+  for (Index i = 0; i < tokens.size(); ++i) {
+    const Token t = tokens[i];
+    h = fingerprint(&t, sizeof t, h);
+  }
+  return h;
+}
 }  // namespace detail
 
 /// How the gradients of the ranks are summed.
@@ -224,13 +233,11 @@ class DataParallel {
 
   /// Every rank must train on the same corpus: compares the size and a fingerprint of the training
   /// and validation tokens (a file that differs between hosts is an error on every rank).
-  void check_same_data(const TextDataset& data) {
+  void check_same_data(const TokenDataset& data) {
     check_same(std::uint64_t(data.train.size()), "the number of training tokens");
-    check_same(detail::fingerprint(data.train.data(), data.train.size() * sizeof(Token)),
-               "the training tokens (fingerprint)");
+    check_same(detail::fingerprint(data.train), "the training tokens (fingerprint)");
     check_same(std::uint64_t(data.val.size()), "the number of validation tokens");
-    check_same(detail::fingerprint(data.val.data(), data.val.size() * sizeof(Token)),
-               "the validation tokens (fingerprint)");
+    check_same(detail::fingerprint(data.val), "the validation tokens (fingerprint)");
   }
 
   /// Every rank must hold the same parameters, bit for bit: an error on every rank otherwise.

@@ -10,6 +10,7 @@
 
 #include "../core/error.hpp"
 #include "../model/gpt.hpp"
+#include "../text/metadata.hpp"
 #include "adamw.hpp"
 #include "checkpoint.hpp"
 #include "data.hpp"
@@ -131,7 +132,9 @@ class Trainer {
     std::function<bool()> should_stop;  ///< checked before every step (e.g. after Ctrl-C)
   };
 
-  Trainer(GPT<Scalar>& model, const TextDataset& data, TrainOptions options)
+  /// `data` may be a TextDataset (which must then outlive the trainer) or a TokenDataset; its
+  /// tokenizer is recorded in every checkpoint (strata/text/metadata.hpp).
+  Trainer(GPT<Scalar>& model, const TokenDataset& data, TrainOptions options)
       : model_(model),
         data_(data),
         opt_((options.validate(), options)),
@@ -142,6 +145,9 @@ class Trainer {
       fail("Trainer: seq_len ", T_, " exceeds the model's context length ",
            model.config().context_length);
     schedule_ = LRSchedule{opt_.lr, opt_.min_lr, opt_.warmup, opt_.steps};
+    if (data.tokenizer.vocab_size > model.config().vocab_size)
+      fail("Trainer: the data's tokenizer ", data.tokenizer.describe(), " has more tokens than the "
+           "model's vocab_size ", model.config().vocab_size);
   }
 
   const TrainOptions& options() const { return opt_; }
@@ -156,6 +162,11 @@ class Trainer {
 
   /// The same, for a checkpoint already read (to look at its configuration first, say).
   void resume(const io::SafetensorsFile& file) {
+    const TokenizerSpec saved_tokenizer = read_tokenizer(file);
+    if (saved_tokenizer != data_.tokenizer)
+      fail("resume ", file.path(), ": the run was saved with the tokenizer ",
+           saved_tokenizer.describe(), ", the data ", data_.source, " uses ",
+           data_.tokenizer.describe());
     const nlohmann::json saved = read_train_state(file).options, mine = opt_.to_json();
     for (const auto& [key, value] : mine.items())
       if (key != "steps" && saved.contains(key) && saved.at(key) != value)
@@ -178,7 +189,8 @@ class Trainer {
   /// Writes a training checkpoint of the current state (atomic).
   void save(const std::string& path) {
     sync_state();
-    save_training_checkpoint(path, model_, adam_, state_);
+    save_training_checkpoint(path, model_, adam_, state_,
+                             {{kTokenizerMetadataKey, tokenizer_metadata(data_.tokenizer)}});
   }
 
   /// One optimizer step on the next batch. A non-finite loss or gradient norm throws
@@ -243,7 +255,7 @@ class Trainer {
   }
 
   GPT<Scalar>& model_;
-  const TextDataset& data_;
+  TokenDataset data_;
   TrainOptions opt_;
   Index T_;
   AdamW<Scalar> adam_;
