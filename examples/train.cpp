@@ -242,6 +242,10 @@ int run(Flags& f, CLI::App& app, const Ranks& ranks) {
   // --resume X writes back to X unless --checkpoint names another file.
   if (!f.resume.empty() && app.count("--checkpoint") == 0) f.checkpoint = f.resume;
   if (f.tokens.empty()) examples::check_input_file(f.data, "--data");
+  if (f.resume.empty()) {  // a bad setting is reported before any file is touched
+    f.model.attention = f.plan.plan();
+    f.model.validate();
+  }
   // Rank 0 alone writes the checkpoint and the log: it alone checks and locks them.
   std::optional<RunLog> log;
   if (ranks.root()) {
@@ -276,6 +280,9 @@ int run(Flags& f, CLI::App& app, const Ranks& ranks) {
     saved_run = strata::io::SafetensorsFile::read(f.resume);
     const strata::TrainState state = strata::read_train_state(*saved_run);  // weights only: error
     model = std::make_unique<strata::GPT<float>>(strata::io::read_checked_config(*saved_run));
+    if (state.options.empty())
+      strata::fail("--resume ", f.resume, ": the checkpoint holds no trainer options (it was not "
+                   "saved by train); start a fresh run from it with the library instead");
     const auto saved = strata::TrainOptions::from_json(state.options);
     const Index steps = app.count("--steps") ? opts.steps : saved.steps;
     opts = saved;
