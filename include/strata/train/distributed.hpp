@@ -156,6 +156,8 @@ class DataParallel {
       : model_(model), opt_(options), comm_(comm) {
     MPI_Comm_rank(comm_, &rank_);
     MPI_Comm_size(comm_, &size_);
+    losses_.assign(static_cast<size_t>(size_), 0.0);
+    requests_.reserve(64);
     STRATA_CHECK(opt_.min_bucket_elements >= 1, "DataParallel: min_bucket_elements ",
                  opt_.min_bucket_elements, ", expected >= 1");
     if (opt_.reduction == Reduction::overlapped && size_ > 1)
@@ -184,7 +186,7 @@ class DataParallel {
     VectorMap<Scalar> g = model_.gradients();
     double loss = local_loss;
     if (size_ > 1) {
-      std::vector<double> losses(static_cast<size_t>(size_), 0.0);
+      std::vector<double>& losses = losses_;  // sized once: no allocation per step
       if (opt_.reduction == Reduction::overlapped) {
         STRATA_CHECK(pending_end_ == pending_begin_ && started_ == g.size(),
                      "DataParallel::reduce: the backward pass reported ", started_, " of ",
@@ -297,13 +299,19 @@ class DataParallel {
     const Index P = g.size(), N = size_;
     STRATA_CHECK(P / N + 1 < Index(INT_MAX), "DataParallel: ", P,
                  " parameters are too many for the deterministic reduction over ", N, " ranks");
-    std::vector<int> counts(static_cast<size_t>(N)), displs(static_cast<size_t>(N));
+    std::vector<int>& counts = counts_;  // members: sized once, no allocation per step
+    std::vector<int>& displs = displs_;
+    counts.resize(static_cast<size_t>(N));
+    displs.resize(static_cast<size_t>(N));
     for (Index k = 0; k < N; ++k) {
       displs[size_t(k)] = int(P * k / N);
       counts[size_t(k)] = int(P * (k + 1) / N - P * k / N);
     }
     const int mine = counts[size_t(rank_)];
-    std::vector<int> recv_counts(static_cast<size_t>(N), mine), recv_displs(static_cast<size_t>(N));
+    std::vector<int>& recv_counts = recv_counts_;
+    std::vector<int>& recv_displs = recv_displs_;
+    recv_counts.assign(static_cast<size_t>(N), mine);
+    recv_displs.resize(static_cast<size_t>(N));
     for (Index j = 0; j < N; ++j) recv_displs[size_t(j)] = int(j * mine);
     scratch_.resize(N * Index(mine));
     MPI_Alltoallv(g.data(), counts.data(), displs.data(), detail::datatype<Scalar>(),
@@ -340,6 +348,8 @@ class DataParallel {
   Index pending_begin_ = 0, pending_end_ = 0, started_ = 0;
   Index buckets_ = 0, buckets_last_ = 0;
   Vector<Scalar> scratch_;
+  std::vector<double> losses_;
+  std::vector<int> counts_, displs_, recv_counts_, recv_displs_;
   double comm_seconds_ = 0;
   Index steps_ = 0;
 };
