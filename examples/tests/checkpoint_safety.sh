@@ -78,6 +78,28 @@ clobber)
   run_train "${tiny[@]}" --steps 3 --checkpoint new/sub/d.safetensors --log new/d.jsonl
   expect 0 "note: created the directory 'new/sub' for --checkpoint" "a missing parent directory"
 
+  # A bad model setting is reported before any file or folder is made.
+  run_train --width 30 --heads 4 --steps 3 --checkpoint cfg/x.safetensors --log cfg/x.jsonl
+  expect 1 "train: error: ModelConfig: n_embd 30 is not divisible by n_head 4" "an invalid model setting"
+  [[ ! -e cfg ]] || fail "the invalid run created its output folder"
+
+  # A training checkpoint saved through the library without trainer options cannot be resumed by
+  # train, and the message says why (its options are emptied here by rewriting the header).
+  python3 - a.safetensors api.safetensors <<'PY' || fail "could not rewrite the checkpoint header"
+import json, struct, sys
+data = open(sys.argv[1], "rb").read()
+n = struct.unpack("<Q", data[:8])[0]
+header = json.loads(data[8:8 + n])
+state = json.loads(header["__metadata__"]["strata.train"])
+state["options"] = {}
+header["__metadata__"]["strata.train"] = json.dumps(state)
+text = json.dumps(header).encode()
+text += b" " * ((8 - len(text) % 8) % 8)
+open(sys.argv[2], "wb").write(struct.pack("<Q", len(text)) + text + data[8 + n:])
+PY
+  run_train --resume api.safetensors --log api.jsonl
+  expect 1 "train: error: --resume api.safetensors: the checkpoint holds no trainer options \(it was not saved by train\); start a fresh run from it with the library instead" "--resume of a checkpoint without trainer options"
+
   # Unsigned options reject negative numbers instead of wrapping around.
   run_train "${tiny[@]}" --seed -5
   expect 105 "--seed: -5 is not an unsigned integer \(0 to 18446744073709551615\)" "--seed -5"
