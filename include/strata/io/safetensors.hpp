@@ -371,7 +371,7 @@ class SafetensorsFile {
     try {
       header = json::parse(bytes_.begin() + 8,
                            bytes_.begin() + static_cast<std::ptrdiff_t>(data_start), note_keys);
-    } catch (const json::parse_error& e) {
+    } catch (const json::exception& e) {  // parse_error, or out_of_range for a number like 1e999
       fail(where, "header is not valid JSON: ", e.what());
     }
     STRATA_CHECK(header.is_object(), where, "header is ", detail::json_type(header),
