@@ -186,6 +186,7 @@ int run(const Flags& f, const CLI::App& app) {
                    (long long)spec.vocab_size);
     std::fprintf(stderr, "prepare: vocabulary learned in %.1f s\n", seconds_since(t0));
 #else
+    (void)app;
     strata::fail(
         "--tokenizer bpe needs SentencePiece, and this program was built without it "
         "(configure with -DSTRATA_USE_SENTENCEPIECE=ON), or use --tokenizer bytes");

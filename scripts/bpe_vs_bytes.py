@@ -62,8 +62,17 @@ def main():
     p.add_argument("--build", default=os.path.join(ROOT, "build"))
     p.add_argument("--out", default=os.path.join(ROOT, "out", "bpe_vs_bytes"))
     p.add_argument("--skip-build", action="store_true", help="use the programs already in --build")
+    p.add_argument("--report-only", action="store_true",
+                   help="only rewrite results.md and the plot from <out>/results.json")
     a = p.parse_args()
     os.makedirs(a.out, exist_ok=True)
+    if a.report_only:
+        with open(os.path.join(a.out, "results.json")) as f:
+            saved = json.load(f)
+        args = argparse.Namespace(**saved["args"])
+        args.out = a.out
+        report(args, saved["runs"])
+        return
 
     if not a.skip_build:
         run(["cmake", "-S", ROOT, "-B", a.build, "-DCMAKE_BUILD_TYPE=Release", "-DSTRATA_BUILD_EXAMPLES=ON",
@@ -113,7 +122,11 @@ def main():
     # Positions per step are the same; parameters (and so FLOPs) differ by the V x C tables.
     with open(os.path.join(a.out, "results.json"), "w") as f:
         json.dump({"args": vars(a), "runs": runs}, f, indent=1)
+    report(a, runs)
 
+
+def report(a, runs):
+    """Writes <out>/results.md and <out>/bpe_vs_bytes.png."""
     b, s = runs["bytes"], runs["bpe"]
     lines = [
         f"# Bytes against BPE at the same compute ({os.path.basename(a.data)}, {a.steps} steps)",
