@@ -5,6 +5,7 @@
 //   build/examples/train                                  # the tiny default model, 2000 steps
 //   build/examples/train --attention skip --skip-heads 2   # skip-layer attention
 //   build/examples/train --resume out/model.safetensors    # continue a saved run
+//   build/examples/train --plan-file plan.json             # any plan (docs/plan_schema.md)
 #include <unistd.h>
 
 #include <atomic>
@@ -28,6 +29,7 @@ void on_signal(int) { g_stop = true; }
 struct Flags {
   strata::ModelConfig model;
   examples::PlanFlags plan;
+  std::string plan_file;  // a plan as JSON (docs/plan_schema.md); replaces the plan flags
   strata::TrainOptions train;
   std::string data = STRATA_DEFAULT_DATA;
   double val_fraction = 0.1;
@@ -99,7 +101,7 @@ int run(Flags& f, CLI::App& app) {
   if (!f.resume.empty()) {
     // The checkpoint decides the model and the run's settings; only --steps may change.
     for (const char* flag : {"--layers", "--heads", "--width", "--context", "--mlp-ratio",
-                             "--attention", "--batch", "--lr", "--min-lr", "--warmup",
+                             "--attention", "--plan-file", "--batch", "--lr", "--min-lr", "--warmup",
                              "--weight-decay", "--clip", "--seed", "--seq-len"})
       if (app.count(flag) > 0)
         strata::fail("--resume continues the saved run with its own settings; drop ", flag);
@@ -112,6 +114,18 @@ int run(Flags& f, CLI::App& app) {
     opts.steps = steps;
   } else {
     f.model.attention = f.plan.plan();
+    if (!f.plan_file.empty()) {
+      for (const char* flag : {"--attention", "--skip-distance", "--skip-heads", "--skip-mode",
+                               "--shortcut-depths", "--feature-width", "--shortcut-embeddings"})
+        if (app.count(flag) > 0) strata::fail("--plan-file gives the whole plan; drop ", flag);
+      f.model.attention = strata::io::read_plan_file(f.plan_file);
+      try {
+        f.model.validate();
+      } catch (const strata::Error& e) {
+        strata::fail(f.plan_file, ": ", e.what(), " (the model has --layers ", f.model.n_layer,
+                     " and --heads ", f.model.n_head, ")");
+      }
+    }
     f.model.seed = opts.data_seed;
     model = std::make_unique<strata::GPT<float>>(f.model);
   }
@@ -194,6 +208,7 @@ int main(int argc, char** argv) {
   app.add_option("--context", f.model.context_length, "Context length (maximum T)")->capture_default_str()->check(examples::AtLeast(1));
   app.add_option("--mlp-ratio", f.model.mlp_ratio, "MLP hidden width / C")->capture_default_str()->check(examples::AtLeast(1));
   f.plan.add(app);
+  app.add_option("--plan-file", f.plan_file, "Attention plan as JSON (docs/plan_schema.md); replaces --attention and its flags")->check(CLI::ExistingFile);
   app.add_option("--steps", f.train.steps, "Optimizer steps")->capture_default_str()->check(examples::AtLeast(1));
   app.add_option("--batch", f.train.batch, "Sequences per batch")->capture_default_str()->check(examples::AtLeast(1));
   app.add_option("--seq-len", f.train.seq_len, "Training sequence length; 0 = context")->capture_default_str()->check(examples::AtLeast(0));
