@@ -46,10 +46,11 @@ int main(int argc, char** argv) {
     if (tokenizer->vocab_size() > cfg.vocab_size)
       strata::fail("checkpoint ", checkpoint, ": its tokenizer ", spec.describe(),
                    " has more tokens than the model's vocab_size ", cfg.vocab_size);
-    // The KV cache holds context_length positions of every layer (and shortcut feature), which
+    // The KV cache holds context_length positions of every layer and feature map, which
     // the checkpoint's size bounds only loosely: say so instead of running out of memory.
-    const bool shortcut = cfg.attention.kind() == strata::AttentionPlan::Kind::shortcut;
-    const double cached_layers = double(cfg.n_layer) * (shortcut ? 2.0 : 1.0);  // upper bound
+    const double cached_layers = double(
+        cfg.n_layer
+        + strata::Index(cfg.attention.resolve(cfg.n_layer, cfg.n_head, cfg.n_embd).features.size()));
     const double cache_bytes = cached_layers * double(cfg.context_length) * 2.0
                                * double(cfg.n_embd) * sizeof(float);
     const double memory = double(::sysconf(_SC_PHYS_PAGES)) * double(::sysconf(_SC_PAGE_SIZE));

@@ -7,6 +7,8 @@
 //   build/examples/train --attention skip --skip-heads 2   # skip-layer attention
 //   build/examples/train --resume out/model.safetensors    # continue a saved run
 //   mpirun -np 2 build/examples/train                      # data parallel (STRATA_USE_MPI=ON)
+//   build/examples/train --tokens out/notes                # token files from prepare
+//   build/examples/train --plan-file plan.json             # any plan (docs/plan_schema.md)
 //
 // A trained checkpoint is never replaced by accident: a fresh run refuses to start when
 // --checkpoint names an existing file (--resume continues it, --overwrite replaces it at the first
@@ -16,7 +18,6 @@
 #include <fcntl.h>
 #include <signal.h>
 #include <sys/file.h>
-//   build/examples/train --tokens out/notes                # token files from prepare
 #include <unistd.h>
 
 #include <atomic>
@@ -72,6 +73,7 @@ void install_signal_handlers() {
 struct Flags {
   strata::ModelConfig model;
   examples::PlanFlags plan;
+  std::string plan_file;  // a plan as JSON (docs/plan_schema.md); replaces the plan flags
   strata::TrainOptions train;
   std::string data = STRATA_DEFAULT_DATA;
   std::string tokens;  // prefix of token files written by prepare; replaces --data
@@ -244,6 +246,18 @@ int run(Flags& f, CLI::App& app, const Ranks& ranks) {
   if (f.tokens.empty()) examples::check_input_file(f.data, "--data");
   if (f.resume.empty()) {  // a bad setting is reported before any file is touched
     f.model.attention = f.plan.plan();
+    if (!f.plan_file.empty()) {
+      for (const char* flag : {"--attention", "--skip-distance", "--skip-heads", "--skip-mode",
+                               "--shortcut-depths", "--feature-width", "--shortcut-embeddings"})
+        if (app.count(flag) > 0) strata::fail("--plan-file gives the whole plan; drop ", flag);
+      f.model.attention = strata::io::read_plan_file(f.plan_file);
+      try {
+        f.model.validate();
+      } catch (const strata::Error& e) {
+        strata::fail(f.plan_file, ": ", e.what(), " (the model has --layers ", f.model.n_layer,
+                     " and --heads ", f.model.n_head, ")");
+      }
+    }
     f.model.validate();
   }
   // Rank 0 alone writes the checkpoint and the log: it alone checks and locks them.
@@ -273,7 +287,7 @@ int run(Flags& f, CLI::App& app, const Ranks& ranks) {
   if (!f.resume.empty()) {
     // The checkpoint decides the model and the run's settings; only --steps may change.
     for (const char* flag : {"--layers", "--heads", "--width", "--context", "--mlp-ratio",
-                             "--attention", "--batch", "--lr", "--min-lr", "--warmup",
+                             "--attention", "--plan-file", "--batch", "--lr", "--min-lr", "--warmup",
                              "--weight-decay", "--clip", "--seed", "--seq-len"})
       if (app.count(flag) > 0)
         strata::fail("--resume continues the saved run with its own settings; drop ", flag);
@@ -289,7 +303,6 @@ int run(Flags& f, CLI::App& app, const Ranks& ranks) {
     opts.steps = steps;
     load_data(opts.seq_len > 0 ? opts.seq_len : model->config().context_length);
   } else {
-    f.model.attention = f.plan.plan();
     f.model.seed = opts.data_seed;
     load_data(opts.seq_len > 0 ? opts.seq_len : f.model.context_length);
     f.model.vocab_size = data.tokenizer.vocab_size;  // 256 for bytes
@@ -422,6 +435,7 @@ int main(int argc, char** argv) {
   app.add_option("--context", f.model.context_length, "Context length (maximum T)")->capture_default_str()->check(examples::AtLeast(1));
   app.add_option("--mlp-ratio", f.model.mlp_ratio, "MLP hidden width / C")->capture_default_str()->check(examples::AtLeast(1));
   f.plan.add(app);
+  app.add_option("--plan-file", f.plan_file, "Attention plan as JSON (docs/plan_schema.md); replaces --attention and its flags")->check(CLI::ExistingFile);
   app.add_option("--steps", f.train.steps, "Optimizer steps")->capture_default_str()->check(examples::AtLeast(1));
   app.add_option("--batch", f.train.batch, "Sequences per batch")->capture_default_str()->check(examples::AtLeast(1));
   app.add_option("--seq-len", f.train.seq_len, "Training sequence length; 0 = context")->capture_default_str()->check(examples::AtLeast(0));

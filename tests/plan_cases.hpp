@@ -111,9 +111,9 @@ inline std::string hex_float(double x) {
 /// What one plan computes on the fixed batch in one precision (one thread, so that the record is
 /// independent of the machine's core count).
 struct GoldenRecord {
-  std::string loss;                       ///< hex float
-  std::string logits_hash, grads_hash;    ///< FNV-1a of the raw bytes
-  std::vector<std::string> logits_head;   ///< first values, hex floats
+  std::string loss;                      ///< hex float
+  std::string logits_hash, grads_hash;   ///< FNV-1a of the raw bytes
+  std::vector<std::string> logits_head;  ///< first values, hex floats
   std::vector<std::string> grads_head;
   Index grads_size = 0;
 };

@@ -50,8 +50,18 @@ class GradientHook : public ::testing::TestWithParam<int> {};
 // is reported, while the backward pass goes on with the other ranges.
 TEST_P(GradientHook, RangesAreFinalDisjointAndCoverTheArena) {
   const AttentionPlan plans[] = {AttentionPlan::standard(), AttentionPlan::skip_layer(2, 1),
-                                 AttentionPlan::shortcut({}, 0, true)};
+                                 AttentionPlan::shortcut({}, 0, true),
+                                 AttentionPlan::dense_shortcut()};
   GPT<float> model(small_config(plans[GetParam()]));
+  const Index L = model.config().n_layer, total = model.num_parameters();
+  // The top range starts at the lowest block that reads a feature map (block 1 in a dense
+  // shortcut model: its maps follow the blocks in the arena and are final only after it).
+  Index top = L - 1;
+  for (Index b = 0; b < L - 1; ++b)
+    if (model.layout().contains("transformer.h." + std::to_string(b) + ".shortcut.embed.ln.weight")) {
+      top = b;
+      break;
+    }
   strata::testing::randomize(model, 5);
   std::vector<Reported> reported;
   model.set_gradient_ready_hook([&](Index begin, Index end) {
@@ -61,8 +71,7 @@ TEST_P(GradientHook, RangesAreFinalDisjointAndCoverTheArena) {
   const TokenMatrix x = random_tokens(3, 8, 40, 1), y = random_tokens(3, 8, 40, 2);
   model.forward_backward(x, y);
 
-  const Index L = model.config().n_layer, total = model.num_parameters();
-  ASSERT_EQ(Index(reported.size()), L + 1);
+  ASSERT_EQ(Index(reported.size()), top + 2);
   // Final block (with ln_f and features) first, then the earlier blocks, the embeddings last: the
   // ranges tile the arena from its end down to 0.
   Index expected_end = total;
@@ -74,7 +83,7 @@ TEST_P(GradientHook, RangesAreFinalDisjointAndCoverTheArena) {
   EXPECT_EQ(expected_end, 0);
   EXPECT_EQ(reported.back().end, model.layout().at("transformer.h.0.ln_1.weight").offset);
   EXPECT_EQ(reported.front().begin,
-            model.layout().at("transformer.h." + std::to_string(L - 1) + ".ln_1.weight").offset);
+            model.layout().at("transformer.h." + std::to_string(top) + ".ln_1.weight").offset);
   // Nothing changed after it was reported, and the gradients are not all zero.
   const float* g = model.gradients().data();
   for (const Reported& r : reported) {
@@ -90,14 +99,14 @@ TEST_P(GradientHook, RangesAreFinalDisjointAndCoverTheArena) {
   // Removing the hook stops the calls.
   model.set_gradient_ready_hook({});
   model.forward_backward(x, y);
-  EXPECT_EQ(Index(reported.size()), L + 1);
+  EXPECT_EQ(Index(reported.size()), top + 2);
 }
 
 std::string plan_name(const ::testing::TestParamInfo<int>& info) {
-  const char* names[] = {"standard", "skip_layer", "shortcut"};
+  const char* names[] = {"standard", "skip_layer", "shortcut", "dense_shortcut"};
   return names[info.param];
 }
-INSTANTIATE_TEST_SUITE_P(Plans, GradientHook, ::testing::Values(0, 1, 2), plan_name);
+INSTANTIATE_TEST_SUITE_P(Plans, GradientHook, ::testing::Values(0, 1, 2, 3), plan_name);
 
 std::vector<Token> corpus(Index n) {
   std::vector<Token> t(size_t(n), 0);

@@ -88,6 +88,34 @@ PlanTable custom_mixed_table() {
   return t;
 }
 
+PlanTable identity_table(int L, int NH) {
+  PlanTable t(static_cast<size_t>(L), std::vector<std::vector<SourceRef>>(static_cast<size_t>(NH)));
+  for (int l = 0; l < L; ++l)
+    for (int h = 0; h < NH; ++h) t[size_t(l)][size_t(h)] = {SourceRef::layer(l, h)};
+  return t;
+}
+
+/// L = 4, NH = 4: shortcuts into the middle of the stack. Block 1 attends over a feature map of the
+/// embeddings (heads 0, 1) and of its own input h_1 (head 2); block 3 reads features of depths 1
+/// and 2. Depth 1 feeds blocks 1 and 3, each through its own feature map.
+PlanTable mid_shortcut_table() {
+  PlanTable t = identity_table(4, 4);
+  t[1][0] = {SourceRef::feature(0, 0), SourceRef::layer(1, 0)};
+  t[1][1] = {SourceRef::feature(0, 1), SourceRef::layer(1, 1)};
+  t[1][2] = {SourceRef::feature(1, 2), SourceRef::layer(0, 2)};
+  t[3][0] = {SourceRef::feature(1, 0), SourceRef::feature(2, 0), SourceRef::layer(3, 0)};
+  t[3][3] = {SourceRef::feature(1, 3)};
+  return t;
+}
+
+/// L = 4, NH = 4: skip heads that read two earlier layers in one softmax.
+PlanTable multi_skip_table() {
+  PlanTable t = identity_table(4, 4);
+  for (int h = 0; h < 2; ++h) t[3][size_t(h)] = {SourceRef::layer(0, h), SourceRef::layer(1, h)};
+  t[2][0] = {SourceRef::layer(0, 0), SourceRef::layer(1, 0), SourceRef::layer(2, 0)};
+  return t;
+}
+
 /// Every variant the forward, causality and cache tests run.
 std::vector<Case> variant_cases() {
   using P = AttentionPlan;
@@ -112,6 +140,11 @@ std::vector<Case> variant_cases() {
       with_plan(kBase, P::cross_layer(4, 4), "cross_layer"),
       with_plan(kBase, P::custom(custom_mixed_table()), "custom mixed table"),
       with_plan(kLong, P::cross_layer(3, 2), "cross_layer, T=70"),
+      with_plan(kBase, P::dense_shortcut(), "dense_shortcut with embeddings"),
+      with_plan(kBase, P::dense_shortcut(8, false), "dense_shortcut Cf=8, no embeddings"),
+      with_plan(kLong, P::dense_shortcut(), "dense_shortcut, T=70"),
+      with_plan(kBase, P::custom(mid_shortcut_table(), 12), "custom mid-stack shortcuts"),
+      with_plan(kBase, P::custom(multi_skip_table()), "custom multi-layer skip heads"),
   };
 }
 
@@ -198,6 +231,59 @@ TEST(VariantPlans, ShortcutFeatureTensorsHaveTheCheckpointNames) {
   EXPECT_TRUE(bit_equal(standard.parameters(), model.parameters().head(standard.num_parameters())));
 }
 
+TEST(VariantPlans, ResolvedPlanListsEveryFeatureMap) {
+  using strata::FeatureMap;
+  // shortcut: the final block's maps, by depth (depth L-1 is its own K/V, no map)
+  const strata::ResolvedPlan sc = AttentionPlan::shortcut({}, 24, true).resolve(4, 4, 16);
+  EXPECT_EQ(sc.features, (std::vector<FeatureMap>{{0, 24, 3}, {1, 24, 3}, {2, 24, 3}}));
+  EXPECT_EQ(sc.label, "shortcut(depths=0,1,2,3, feature_width=24, embeddings=yes)");
+  // dense shortcuts: every block l >= 1 has maps of depths 0..l-1, width C by default
+  const strata::ResolvedPlan dense = AttentionPlan::dense_shortcut().resolve(4, 2, 16);
+  EXPECT_EQ(dense.features,
+            (std::vector<FeatureMap>{
+                {0, 16, 1}, {0, 16, 2}, {1, 16, 2}, {0, 16, 3}, {1, 16, 3}, {2, 16, 3}}));
+  EXPECT_EQ(dense.label, "dense_shortcut(feature_width=16, embeddings=yes)");
+  EXPECT_TRUE(dense.sources[2][1]
+              == (std::vector<SourceRef>{SourceRef::feature(0, 1), SourceRef::feature(1, 1),
+                                         SourceRef::layer(2, 1)}));
+  EXPECT_TRUE(dense.sources[0][0] == (std::vector<SourceRef>{SourceRef::layer(0, 0)}));
+  EXPECT_EQ(dense.features_of_block(2), (std::vector<Index>{1, 2}));
+  EXPECT_EQ(dense.features_of_depth(0), (std::vector<Index>{0, 1, 3}));
+  EXPECT_EQ(dense.feature_index(3, 2), 5);
+  EXPECT_EQ(dense.feature_index(1, 1), -1);
+  // a custom table: one map per (block, depth) it reads; depth 1 feeds blocks 1 and 3
+  const strata::ResolvedPlan mid =
+      AttentionPlan::custom(mid_shortcut_table(), 12).resolve(4, 4, 16);
+  EXPECT_EQ(mid.features,
+            (std::vector<FeatureMap>{{0, 12, 1}, {1, 12, 1}, {1, 12, 3}, {2, 12, 3}}));
+  EXPECT_EQ(mid.label, "custom");
+  // standard and skip-layer plans have none
+  EXPECT_TRUE(AttentionPlan::skip_layer(1, 2).resolve(4, 4, 16).features.empty());
+  // the depth <-> block numbering
+  EXPECT_EQ(strata::input_depth(2), 2);
+  EXPECT_EQ(strata::output_depth(2), 3);
+  EXPECT_EQ(strata::block_writing(3), 2);
+  EXPECT_EQ(strata::block_writing(0), -1);
+  EXPECT_EQ(strata::source_depth(SourceRef::layer(2, 0)), 2);
+  EXPECT_EQ(strata::source_depth(SourceRef::feature(1, 0)), 1);
+}
+
+TEST(VariantPlans, FeatureMapsOfMiddleBlocksHaveTheirBlockInTheName) {
+  const GPT<float> model(
+      make_config(with_plan(kBase, AttentionPlan::custom(mid_shortcut_table(), 12), "")));
+  const strata::ParameterLayout& layout = model.layout();
+  for (const std::string p : {"transformer.h.1.shortcut.embed.", "transformer.h.1.shortcut.0.",
+                              "transformer.shortcut.0.", "transformer.shortcut.1."}) {
+    SCOPED_TRACE(p);
+    EXPECT_EQ(layout.at(p + "fc.weight").shape(), (std::vector<Index>{12, 16}));
+    EXPECT_EQ(layout.at(p + "proj.weight").shape(), (std::vector<Index>{16, 12}));
+    EXPECT_EQ(layout.at(p + "ln.weight").shape(), std::vector<Index>{16});
+  }
+  EXPECT_EQ(model.params().features.size(), 4u);
+  EXPECT_EQ(model.source_depths(1), (std::vector<int>{0, 1}));
+  EXPECT_EQ(model.source_depths(3), (std::vector<int>{1, 2, 3}));
+}
+
 // ------------------------------------------------------------------------------------------------
 // forward against the naive reference
 
@@ -239,8 +325,9 @@ TEST(VariantReference, VariantsReallyDifferFromStandard) {
 }
 
 TEST(VariantReference, ShortcutDepthMassIsADistribution) {
-  for (const AttentionPlan& plan : {AttentionPlan::shortcut(), AttentionPlan::shortcut({}, 0, true),
-                                    AttentionPlan::shortcut({1, 3})}) {
+  for (const AttentionPlan& plan :
+       {AttentionPlan::shortcut(), AttentionPlan::shortcut({}, 0, true),
+        AttentionPlan::shortcut({1, 3}), AttentionPlan::dense_shortcut()}) {
     GPT<double> model(make_config(with_plan(kBase, plan, "")));
     randomize(model, 204);
     Rng rng(205);
@@ -347,6 +434,9 @@ TEST(VariantGradients, MatchFiniteDifferences) {
       with_plan(small, P::shortcut(), "shortcut {1,2,3}"),
       with_plan(small, P::shortcut({1, 2}, 12, true), "shortcut {0,1,2}, Cf=12, no own K/V"),
       with_plan(small, P::custom(custom_mixed_table()), "custom mixed table"),
+      with_plan(small, P::dense_shortcut(), "dense_shortcut"),
+      with_plan(small, P::custom(mid_shortcut_table(), 6), "custom mid-stack shortcuts, Cf=6"),
+      with_plan(small, P::custom(multi_skip_table()), "custom multi-layer skip heads"),
   };
   for (const Case& c : cases) {
     SCOPED_TRACE(c.name);
@@ -403,6 +493,11 @@ TYPED_TEST(VariantsTyped, DegenerateVariantsEqualStandardBitForBit) {
   // two layers: the default depths are {1} = {L-1}
   expect_bit_identical_to_standard<S>(
       with_plan(Case{"", 2, 2, 8, 11, 8, 2, 5, P::standard()}, P::shortcut(), "shortcut L=2"));
+  // dense shortcuts without the embeddings: block 1 has no earlier depth to read; one block none
+  expect_bit_identical_to_standard<S>(with_plan(Case{"", 2, 2, 8, 11, 8, 2, 5, P::standard()},
+                                                P::dense_shortcut(0, false), "dense L=2"));
+  expect_bit_identical_to_standard<S>(
+      with_plan(Case{"", 1, 2, 8, 11, 8, 2, 5, P::standard()}, P::dense_shortcut(), "dense L=1"));
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -510,6 +605,9 @@ TEST(VariantKVCache, ShortcutCachesEveryFeatureDepth) {
   EXPECT_EQ(bytes(AttentionPlan::shortcut()), (kBase.L + 2) * per_layer);
   EXPECT_EQ(bytes(AttentionPlan::shortcut({}, 0, true)), (kBase.L + 3) * per_layer);
   EXPECT_EQ(bytes(AttentionPlan::shortcut({3})), kBase.L * per_layer);
+  // one cache per feature map: blocks 1, 2, 3 read 1, 2, 3 earlier depths
+  EXPECT_EQ(bytes(AttentionPlan::dense_shortcut()), (kBase.L + 6) * per_layer);
+  EXPECT_EQ(bytes(AttentionPlan::custom(mid_shortcut_table())), (kBase.L + 4) * per_layer);
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -572,9 +670,21 @@ TEST(VariantErrors, Messages) {
   t[2][1] = {};
   expect_error([&] { GPT<float> m(make_config(with_plan(kBase, P::custom(t), ""))); },
                "custom plan: layer 2 head 1 has no source");
-  t[2][1] = {SourceRef{SourceKind::feature, 1, 1}};
+  // feature sources: any depth the block sees (0..l), not a later one
+  t[2][1] = {SourceRef::feature(3, 1)};
   expect_error([&] { GPT<float> m(make_config(with_plan(kBase, P::custom(t), ""))); },
-               "custom plan: layer 2 head 1: feature sources exist only in shortcut plans");
+               "custom plan: layer 2 head 1 reads feature depth 3, expected 0..2 (block 2 sees "
+               "the embeddings and the outputs of earlier blocks only)");
+  t[2][1] = {SourceRef::feature(-1, 1)};
+  expect_error([&] { GPT<float> m(make_config(with_plan(kBase, P::custom(t), ""))); },
+               "custom plan: layer 2 head 1 reads feature depth -1, expected 0..2 (block 2 sees "
+               "the embeddings and the outputs of earlier blocks only)");
+  t[2][1] = {SourceRef::feature(2, 1), SourceRef::feature(0, 7)};
+  expect_error([&] { GPT<float> m(make_config(with_plan(kBase, P::custom(t), ""))); },
+               "custom plan: layer 2 head 1 reads head 7, expected 0..3");
+  expect_error([] { P::custom({}, -3); }, "custom plan: feature_width -3 must be >= 0 (0 = C)");
+  expect_error([] { P::dense_shortcut(-1); },
+               "dense_shortcut: feature_width -1 must be >= 0 (0 = C)");
   expect_error([] { GPT<float> m(make_config(with_plan(kBase, P::cross_layer(3, 4), ""))); },
                "custom plan: table has 3 layers, expected 4");
   expect_error([] { GPT<float> m(make_config(with_plan(kBase, P::cross_layer(4, 2), ""))); },

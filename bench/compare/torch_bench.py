@@ -335,7 +335,8 @@ def checkpoint_loss(a, emit):
     c = json.loads(meta["strata.config"])
     model = tt.build_model(torch, V=c["vocab_size"], T=c["context_length"], L=c["n_layer"],
                            NH=c["n_head"], C=c["n_embd"], mlp_ratio=c["mlp_ratio"],
-                           plan=c["attention"])
+                           # since 0.2 the recipe sits next to the resolved table; 0.1 stored it alone
+                           plan=c["attention"].get("recipe", c["attention"]))
     state = {k: torch.from_numpy(v.copy()) for k, v in tensors.items()
              if not k.startswith("optimizer.")}
     model.load_state_dict(state, strict=True)

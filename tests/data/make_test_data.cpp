@@ -1,15 +1,18 @@
 // tests/data/make_test_data.cpp: writes the checked-in test data of tests/data/ (see
 // tests/plan_cases.hpp for what each file holds).
 //
-//   make_test_data golden <dir>        adds (or replaces) this build's record in <dir>/plan_golden.json
-//   make_test_data checkpoints <dir>   writes <dir>/v0_1_0_*.safetensors (only with version 0.1.0)
+//   make_test_data golden <dir>
+//       adds (or replaces) this build's record in <dir>/plan_golden.json
+//   make_test_data checkpoints <dir>
+//       writes <dir>/v0_1_0_*.safetensors (once, by version 0.1.0; refuses to overwrite them)
 //
 // Goldens are recorded before a change of the model code and compared bit for bit after it, once
 // per build configuration (BLAS on and off).
 #include <fstream>
 #include <iostream>
-#include <nlohmann/json.hpp>
 #include <string>
+
+#include <nlohmann/json.hpp>
 
 #include <strata/io/checkpoint.hpp>
 
@@ -42,11 +45,14 @@ int write_golden(const std::string& dir) {
 }
 
 int write_checkpoints(const std::string& dir) {
-  if (std::string(strata::version) != "0.1.0") {
-    std::cerr << "the v0_1_0 checkpoints record what version 0.1.0 wrote; this is version "
-              << strata::version << "\n";
-    return 1;
-  }
+  // These files record what version 0.1.0 (before the plan metadata carried the resolved table)
+  // wrote; later code must never overwrite them.
+  for (const auto& c : strata::testing::checkpoint_plans())
+    if (std::ifstream(dir + "/" + c.name + ".safetensors")) {
+      std::cerr << dir << "/" << c.name
+                << ".safetensors exists; the version checkpoints are history, never regenerated\n";
+      return 1;
+    }
   for (const auto& c : strata::testing::checkpoint_plans()) {
     strata::GPT<float> model(strata::testing::checkpoint_config(c.plan));
     strata::testing::randomize(model, 3);

@@ -7,8 +7,11 @@
 // - Parameters are read from the model's flat arena by their checkpoint names (SPEC.md §3), so the
 //   reference depends only on the names and shapes the specification gives.
 // - The sources of every head come from spec_table(), which rebuilds the plan from SPEC.md §2
-//   (standard, skip-layer split/concat, shortcuts) out of the plan's *settings*; only a custom
-//   plan's explicit table is taken as given. A test compares spec_table() with the library's table.
+//   (standard, skip-layer split/concat, shortcuts, dense shortcuts) out of the plan's *settings*;
+//   only a custom plan's explicit table is taken as given. A test compares spec_table() with the
+//   library's table. Every (block, depth) pair that a block's heads read as a feature source gets
+//   its own feature map, found by the checkpoint names of SPEC.md §3 (and docs/plan_schema.md
+//   for the maps of blocks other than the last), in any block.
 // - Attention materialises, for each (b, head, t), the whole score vector over every visible key
 //   of every source of that head, then takes one softmax over it (SPEC.md §2).
 // Slow on purpose; tests only.
@@ -33,7 +36,7 @@ struct ModelOutput {
   Matrix<double> logits;  ///< [B*T, V], row b*T + t
   Vector<double> losses;  ///< [B*T] per-position -log softmax(logits)[target] (when targets given)
   double loss = std::numeric_limits<double>::quiet_NaN();  ///< mean of losses (when targets given)
-  /// Shortcut plans only: the depths J (residual-stream numbering, 0 = embeddings), sorted, and
+  /// The depths J the final block reads (residual-stream numbering, 0 = embeddings), sorted, and
   /// the final block's attention mass per depth, [B*T, |J|]: for each position, the probability
   /// summed over the keys of that depth, averaged over heads (SPEC.md §2.3, exported maps).
   std::vector<int> depths;
@@ -106,10 +109,14 @@ inline Mat add(const Mat& a, const Mat& b) {
   return out;
 }
 
-/// "transformer.shortcut.{j-1}." for h_j (the output of 1-based block j), ".embed." for h_0.
-inline std::string feature_prefix(int depth) {
-  return depth == 0 ? std::string("transformer.shortcut.embed.")
-                    : "transformer.shortcut." + std::to_string(depth - 1) + ".";
+/// The feature map of h_j read by 0-based block `block` of L: "transformer.shortcut.{j-1}." for
+/// the final block (h_j is the output of 1-based block j; ".embed." for h_0), and
+/// "transformer.h.{block}.shortcut.{j-1}." for an earlier block.
+inline std::string feature_prefix(Index depth, Index block, Index L) {
+  const std::string owner =
+      block == L - 1 ? "transformer." : "transformer.h." + std::to_string(block) + ".";
+  return owner + "shortcut." + (depth == 0 ? std::string("embed") : std::to_string(depth - 1))
+       + ".";
 }
 
 inline long round_half_away(double x) { return std::lround(x); }
@@ -160,6 +167,18 @@ inline PlanTable spec_table(const ModelConfig& cfg) {
       }
       break;
     }
+    case AttentionPlan::Kind::dense_shortcut: {
+      // every block l >= 1 (0-based; input h_l): features of h_j for j < l (from j = 0 with the
+      // embeddings, else 1), then its own K/V
+      for (int l = 1; l < L; ++l)
+        for (int h = 0; h < NH; ++h) {
+          t[l][h].clear();
+          for (int j = plan.include_embeddings() ? 0 : 1; j < l; ++j)
+            t[l][h].push_back(SourceRef{SourceKind::feature, j, h});
+          t[l][h].push_back(SourceRef{SourceKind::layer, l, h});
+        }
+      break;
+    }
     case AttentionPlan::Kind::custom: t = plan.custom_table(); break;
   }
   return t;
@@ -176,7 +195,6 @@ ModelOutput model_forward(const GPT<S>& model, const TokenMatrix& tokens,
   const Index C = cfg.n_embd, NH = cfg.n_head, hs = C / NH, L = cfg.n_layer;
   const double scale = 1.0 / std::sqrt(double(hs));
   const PlanTable table = spec_table(cfg);
-  const bool shortcut = cfg.attention.kind() == AttentionPlan::Kind::shortcut;
 
   // h_0 = wte[token] + wpe[position]
   const Mat wte = tensor(model, "transformer.wte.weight");
@@ -190,8 +208,11 @@ ModelOutput model_forward(const GPT<S>& model, const TokenMatrix& tokens,
 
   ModelOutput result;
   std::vector<Mat> qkv(L);  // per block [N, 3C]: q | k | v, head h at column h*hs of each block
-  // shortcut features, per depth j: [N, 2C] = K_j | V_j (projected with the final block's Wk, Wv)
-  std::vector<Mat> feature_kv(L + 1);
+  // the final block's depths: a layer source of block s reads h_s, a feature source its depth
+  for (const auto& src : table[L - 1][0]) result.depths.push_back(int(src.index));
+  std::sort(result.depths.begin(), result.depths.end());
+  result.depths.erase(std::unique(result.depths.begin(), result.depths.end()), result.depths.end());
+  result.depth_mass = Mat::Zero(N, Index(result.depths.size()));
   for (Index l = 0; l < L; ++l) {
     const std::string p = "transformer.h." + std::to_string(l) + ".";
     const Mat x = layernorm(h[l], tensor(model, p + "ln_1.weight"), tensor(model, p + "ln_1.bias"));
@@ -199,29 +220,29 @@ ModelOutput model_forward(const GPT<S>& model, const TokenMatrix& tokens,
     const Mat bqkv = tensor(model, p + "attn.c_attn.bias");    // [3C]
     qkv[l] = linear(x, Wqkv, bqkv);
 
-    if (shortcut && l == L - 1) {
-      // z_j = F_j(LNs_j(h_j)), F_j = Linear(C, Cf) -> GELU -> Linear(Cf, C); K_j, V_j = z_j Wk_L +
-      // bk_L, z_j Wv_L + bv_L. (Depth L-1 is the identity map: the block's own K/V in qkv[L-1].)
+    // feature maps of this block, per depth j it reads: [N, 2C] = K_j | V_j with
+    // z_j = F(LNs(h_j)), F = Linear(C, Cf) -> GELU -> Linear(Cf, C), K_j, V_j = z_j Wk_l + bk_l,
+    // z_j Wv_l + bv_l (this block's key/value weights)
+    std::vector<Mat> feature_kv(L + 1);
+    {
       Mat Wkv(2 * C, C), bkv(2 * C, 1);
       for (Index r = 0; r < 2 * C; ++r) {
         bkv(r, 0) = bqkv(C + r, 0);
         for (Index c = 0; c < C; ++c) Wkv(r, c) = Wqkv(C + r, c);
       }
-      for (const auto& src : table[L - 1][0]) {
-        if (src.kind != SourceKind::feature) continue;
-        const int j = src.index;
-        const std::string f = feature_prefix(j);
-        const Mat ln =
-            layernorm(h[j], tensor(model, f + "ln.weight"), tensor(model, f + "ln.bias"));
-        const Mat hidden =
-            gelu(linear(ln, tensor(model, f + "fc.weight"), tensor(model, f + "fc.bias")));
-        const Mat z =
-            linear(hidden, tensor(model, f + "proj.weight"), tensor(model, f + "proj.bias"));
-        feature_kv[j] = linear(z, Wkv, bkv);
-      }
-      for (const auto& src : table[L - 1][0]) result.depths.push_back(src.index);
-      std::sort(result.depths.begin(), result.depths.end());
-      result.depth_mass = Mat::Zero(N, Index(result.depths.size()));
+      for (const auto& head_sources : table[l])
+        for (const auto& src : head_sources) {
+          if (src.kind != SourceKind::feature || feature_kv[src.index].size() > 0) continue;
+          const Index j = src.index;
+          const std::string f = feature_prefix(j, l, L);
+          const Mat ln =
+              layernorm(h[j], tensor(model, f + "ln.weight"), tensor(model, f + "ln.bias"));
+          const Mat hidden =
+              gelu(linear(ln, tensor(model, f + "fc.weight"), tensor(model, f + "fc.bias")));
+          const Mat z =
+              linear(hidden, tensor(model, f + "proj.weight"), tensor(model, f + "proj.bias"));
+          feature_kv[j] = linear(z, Wkv, bkv);
+        }
     }
 
     // attention: one joint softmax over every visible key of every source of the head
@@ -262,9 +283,9 @@ ModelOutput model_forward(const GPT<S>& model, const TokenMatrix& tokens,
             const SourceRef& src = sources[size_t(k.source)];
             for (Index i = 0; i < hs; ++i)
               o(row, head * hs + i) += prob * value_at(src, b * T + k.tau, i);
-            if (shortcut && l == L - 1) {
+            if (l == L - 1) {
               const Index col =
-                  std::lower_bound(result.depths.begin(), result.depths.end(), src.index)
+                  std::lower_bound(result.depths.begin(), result.depths.end(), int(src.index))
                   - result.depths.begin();
               result.depth_mass(row, col) += prob / double(NH);
             }

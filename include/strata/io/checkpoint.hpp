@@ -66,10 +66,21 @@ inline void check_same_config(const SafetensorsFile& file, const ModelConfig& mo
   const nlohmann::json saved = config_to_json(read_config(file));
   const nlohmann::json mine = config_to_json(model_cfg);
   for (const auto& [key, value] : mine.items()) {
-    if (key == "seed") continue;
+    if (key == "seed" || key == "attention") continue;
     if (saved.at(key) != value)
       fail("checkpoint ", file.path(), ": saved with ", key, " ", saved.at(key).dump(),
            ", but the model has ", key, " ", value.dump());
+  }
+  // The attention wiring (table and feature maps) must agree; name the recipes when they differ.
+  const nlohmann::json& a = saved.at("attention");
+  const nlohmann::json& b = mine.at("attention");
+  if (a.at("table") != b.at("table") || a.at("features") != b.at("features")) {
+    if (a.at("recipe") != b.at("recipe"))
+      fail("checkpoint ", file.path(), ": saved with attention ", a.at("recipe").dump(),
+           ", but the model has attention ", b.at("recipe").dump());
+    fail("checkpoint ", file.path(), ": saved with attention table ", a.at("table").dump(),
+         " and feature maps ", a.at("features").dump(), ", but the model has table ",
+         b.at("table").dump(), " and feature maps ", b.at("features").dump());
   }
 }
 }  // namespace io

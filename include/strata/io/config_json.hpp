@@ -1,9 +1,23 @@
 // strata/io/config_json.hpp: the model configuration and attention plan as JSON (the
-// `strata.config` metadata of a checkpoint).
+// `strata.config` metadata of a checkpoint, and the plan files of docs/plan_schema.md).
+//
+// A plan is stored as its resolved wiring plus the recipe that produced it:
+//   {"recipe": {"kind": "shortcut", "depths": [1, 2], ...},       the recipe's settings
+//    "label": "shortcut(depths=1,2,3, feature_width=16, ...)",    for people
+//    "table": [[[{"layer": 0, "head": 0}], ...], ...],            sources per block and head
+//    "features": [{"block": 3, "depth": 1, "width": 16}, ...]}     feature maps
+// Loading builds the model from the table and feature maps alone; the recipe is kept when it
+// resolves to exactly that wiring. Files of version 0.1.0 hold only the recipe object
+// ({"kind": ...}); they still load.
 #pragma once
 
-#include <nlohmann/json.hpp>
+#include <fstream>
+#include <sstream>
 #include <string>
+#include <utility>
+#include <vector>
+
+#include <nlohmann/json.hpp>
 
 #include "../attention/plan.hpp"
 #include "../core/error.hpp"
@@ -12,9 +26,9 @@
 
 namespace strata::io {
 
-/// The plan as JSON, with the numbers it resolves to for n_layer x n_head (so a checkpoint says
-/// exactly what ran, even when the plan asked for defaults).
-inline nlohmann::json plan_to_json(const AttentionPlan& plan, int n_layer, int n_head) {
+namespace plan_json {
+
+inline nlohmann::json recipe_to_json(const AttentionPlan& plan, Index n_layer, Index n_head) {
   using K = AttentionPlan::Kind;
   nlohmann::json j;
   switch (plan.kind()) {
@@ -35,27 +49,110 @@ inline nlohmann::json plan_to_json(const AttentionPlan& plan, int n_layer, int n
       j["include_embeddings"] = plan.include_embeddings();
       break;
     }
-    case K::custom: {
-      j["kind"] = "custom";
-      nlohmann::json t = nlohmann::json::array();
-      for (const auto& layer : plan.custom_table()) {
-        nlohmann::json lj = nlohmann::json::array();
-        for (const auto& head : layer) {
-          nlohmann::json hj = nlohmann::json::array();
-          for (const SourceRef& s : head) hj.push_back({{"layer", s.index}, {"head", s.head}});
-          lj.push_back(hj);
-        }
-        t.push_back(lj);
-      }
-      j["table"] = t;
+    case K::dense_shortcut:
+      j["kind"] = "dense_shortcut";
+      j["feature_width"] = plan.feature_width();
+      j["include_embeddings"] = plan.include_embeddings();
       break;
-    }
+    case K::custom: j["kind"] = "custom"; break;
   }
   return j;
 }
 
-/// Parses what plan_to_json wrote; `where` prefixes error messages.
-inline AttentionPlan plan_from_json(const nlohmann::json& j, const std::string& where) {
+inline std::string index_path(const std::string& name, std::initializer_list<size_t> at) {
+  std::string s = name;
+  for (size_t i : at) s += "[" + std::to_string(i) + "]";
+  return s;
+}
+
+/// An integer field of a JSON object, or a strata::Error naming it and what was found.
+inline Index integer_field(const nlohmann::json& o, const char* key, const std::string& where,
+                           const std::string& path) {
+  if (!o.contains(key)) fail(where, ": ", path, " has no '", key, "' (found ", o.dump(), ")");
+  const nlohmann::json& v = o.at(key);
+  if (!v.is_number_integer())
+    fail(where, ": ", path, ".", key, " must be an integer, found ", v.dump());
+  return v.get<Index>();
+}
+
+inline void only_keys(const nlohmann::json& o, std::initializer_list<const char*> keys,
+                      const std::string& where, const std::string& path) {
+  for (const auto& item : o.items()) {
+    bool known = false;
+    for (const char* k : keys) known = known || item.key() == k;
+    if (!known) {
+      std::string list;
+      for (const char* k : keys) list += std::string(list.empty() ? "" : ", ") + k;
+      fail(where, ": ", path, " has an unknown key '", item.key(), "' (expected: ", list, ")");
+    }
+  }
+}
+
+inline const nlohmann::json& array_field(const nlohmann::json& o, const char* key,
+                                         const std::string& where, const std::string& path) {
+  const nlohmann::json& v = o.at(key);
+  if (!v.is_array()) fail(where, ": ", path, " must be an array, found ", v.dump());
+  return v;
+}
+
+/// The table of a plan object: one array per block, of one array per head, of sources.
+inline PlanTable table_from_json(const nlohmann::json& t, const std::string& where) {
+  if (!t.is_array()) fail(where, ": 'table' must be an array of blocks, found ", t.dump());
+  PlanTable table;
+  for (size_t l = 0; l < t.size(); ++l) {
+    const nlohmann::json& lj = t[l];
+    if (!lj.is_array())
+      fail(where, ": ", index_path("table", {l}), " must be an array of heads, found ", lj.dump());
+    table.emplace_back();
+    for (size_t h = 0; h < lj.size(); ++h) {
+      const nlohmann::json& hj = lj[h];
+      if (!hj.is_array())
+        fail(where, ": ", index_path("table", {l, h}), " must be an array of sources, found ",
+             hj.dump());
+      table.back().emplace_back();
+      for (size_t s = 0; s < hj.size(); ++s) {
+        const nlohmann::json& sj = hj[s];
+        const std::string path = index_path("table", {l, h, s});
+        if (!sj.is_object() || sj.contains("layer") == sj.contains("feature"))
+          fail(where, ": ", path,
+               ": a source is {\"layer\": BLOCK, \"head\": HEAD} or {\"feature\": DEPTH, "
+               "\"head\": HEAD}, found ",
+               sj.dump());
+        const bool layer = sj.contains("layer");
+        only_keys(sj, {layer ? "layer" : "feature", "head"}, where, path);
+        const Index index = integer_field(sj, layer ? "layer" : "feature", where, path);
+        const Index head = integer_field(sj, "head", where, path);
+        table.back().back().push_back(layer ? SourceRef::layer(index, head)
+                                            : SourceRef::feature(index, head));
+      }
+    }
+  }
+  return table;
+}
+
+inline std::vector<FeatureMap> features_from_json(const nlohmann::json& f,
+                                                  const std::string& where) {
+  if (!f.is_array()) fail(where, ": 'features' must be an array, found ", f.dump());
+  std::vector<FeatureMap> out;
+  for (size_t i = 0; i < f.size(); ++i) {
+    const std::string path = index_path("features", {i});
+    if (!f[i].is_object())
+      fail(where, ": ", path, " must be {\"block\": B, \"depth\": D, \"width\": W}, found ",
+           f[i].dump());
+    only_keys(f[i], {"block", "depth", "width"}, where, path);
+    FeatureMap m;
+    m.block = integer_field(f[i], "block", where, path);
+    m.depth = integer_field(f[i], "depth", where, path);
+    m.width = integer_field(f[i], "width", where, path);
+    out.push_back(m);
+  }
+  return out;
+}
+
+/// A recipe object {"kind": ..., settings}; errors of nlohmann (a missing or mistyped key) become
+/// "malformed attention plan: ...".
+inline AttentionPlan recipe_from_json(const nlohmann::json& j, const std::string& where) {
+  if (!j.is_object()) fail(where, ": an attention plan must be a JSON object, found ", j.dump());
   try {
     const std::string kind = j.at("kind").get<std::string>();
     if (kind == "standard") return AttentionPlan::standard();
@@ -72,31 +169,151 @@ inline AttentionPlan plan_from_json(const nlohmann::json& j, const std::string& 
       const bool embeddings = j.at("include_embeddings").get<bool>();
       return AttentionPlan::shortcut(std::move(depths), feature_width, embeddings);
     }
-    if (kind == "custom") {
-      PlanTable t;
-      for (const auto& lj : j.at("table")) {
-        t.emplace_back();
-        for (const auto& hj : lj) {
-          t.back().emplace_back();
-          for (const auto& sj : hj)
-            t.back().back().push_back(
-                SourceRef{SourceKind::layer, sj.at("layer").get<int>(), sj.at("head").get<int>()});
-        }
-      }
-      return AttentionPlan::custom(std::move(t));
+    if (kind == "dense_shortcut") {
+      const long feature_width = j.at("feature_width").get<long>();
+      const bool embeddings = j.at("include_embeddings").get<bool>();
+      return AttentionPlan::dense_shortcut(feature_width, embeddings);
     }
-    fail(where, ": attention kind '", kind, "' is not one of: standard, skip_layer, shortcut, custom");
+    if (kind == "custom") {
+      // version 0.1.0 stored custom tables as {"kind": "custom", "table": [[[{"layer", "head"}]]]}
+      if (!j.contains("table"))
+        fail(where, ": a custom plan needs a 'table' (see docs/plan_schema.md)");
+      return AttentionPlan::custom(table_from_json(j.at("table"), where),
+                                   j.value("feature_width", 0L));
+    }
+    fail(where, ": attention kind '", kind,
+         "' is not one of: standard, skip_layer, shortcut, dense_shortcut, custom");
   } catch (const nlohmann::json::exception& e) {
     fail(where, ": malformed attention plan: ", e.what());
   }
 }
 
+}  // namespace plan_json
+
+/// The plan as JSON for a model of n_layer x n_head x n_embd: the recipe (with the numbers it
+/// resolves to, so a checkpoint says exactly what ran), its label, the table and the feature maps.
+inline nlohmann::json plan_to_json(const AttentionPlan& plan, Index n_layer, Index n_head,
+                                   Index n_embd) {
+  const ResolvedPlan r = plan.resolve(n_layer, n_head, n_embd);
+  nlohmann::json table = nlohmann::json::array();
+  for (const auto& layer : r.sources) {
+    nlohmann::json lj = nlohmann::json::array();
+    for (const auto& head : layer) {
+      nlohmann::json hj = nlohmann::json::array();
+      for (const SourceRef& s : head)
+        hj.push_back({{s.is_layer() ? "layer" : "feature", s.index}, {"head", s.head}});
+      lj.push_back(hj);
+    }
+    table.push_back(lj);
+  }
+  nlohmann::json features = nlohmann::json::array();
+  for (const FeatureMap& f : r.features)
+    features.push_back({{"block", f.block}, {"depth", f.depth}, {"width", f.width}});
+  return {{"recipe", plan_json::recipe_to_json(plan, n_layer, n_head)},
+          {"label", r.label},
+          {"table", table},
+          {"features", features}};
+}
+
+/// Reads a plan: what plan_to_json wrote; a bare recipe ({"kind": ...}, as version 0.1.0 wrote
+/// and as plan files may hold); or a bare table ({"table": ..., optional "features",
+/// "feature_width", "label"}). The schema is docs/plan_schema.md. `where` prefixes error
+/// messages; every malformed entry is a strata::Error naming its place, what was expected and
+/// what was found. Sizes (layer and head counts, causality) are checked when the plan is resolved
+/// for a model (AttentionPlan::resolve, ModelConfig::validate). Safe on any JSON value.
+inline AttentionPlan plan_from_json(const nlohmann::json& j, const std::string& where);
+
+namespace plan_json {
+inline AttentionPlan plan_from_json_impl(const nlohmann::json& j, const std::string& where) {
+  if (!j.is_object()) fail(where, ": an attention plan must be a JSON object, found ", j.dump());
+  if (!j.contains("table")) {
+    if (!j.contains("kind"))
+      fail(where,
+           ": an attention plan needs 'kind' (a recipe) or 'table' (see docs/plan_schema.md)");
+    return plan_json::recipe_from_json(j, where);
+  }
+  if (j.contains("kind")) return plan_json::recipe_from_json(j, where);  // 0.1.0 custom plans
+  plan_json::only_keys(j, {"recipe", "label", "table", "features", "feature_width"}, where,
+                       "the plan");
+  ResolvedPlan r;
+  r.sources = plan_json::table_from_json(j.at("table"), where);
+  if (j.contains("label")) {
+    if (!j.at("label").is_string())
+      fail(where, ": 'label' must be a string, found ", j.at("label").dump());
+    r.label = j.at("label").get<std::string>();
+  }
+  long width = 0;
+  if (j.contains("feature_width")) {
+    if (!j.at("feature_width").is_number_integer() || j.at("feature_width").get<long>() < 0)
+      fail(where, ": 'feature_width' must be an integer >= 0 (0 = C), found ",
+           j.at("feature_width").dump());
+    width = j.at("feature_width").get<long>();
+  }
+  if (!j.contains("features")) {
+    return AttentionPlan::custom(std::move(r.sources), width, r.label);
+  }
+  if (j.contains("feature_width"))
+    fail(where, ": give either 'features' (with a width each) or 'feature_width', not both");
+  r.features = plan_json::features_from_json(j.at("features"), where);
+  r.n_layer = Index(r.sources.size());
+  r.n_head = r.n_layer > 0 ? Index(r.sources[0].size()) : 0;
+  const bool custom_recipe = j.contains("recipe") && j.at("recipe").is_object()
+                          && j.at("recipe").contains("kind")
+                          && j.at("recipe").at("kind") == nlohmann::json("custom");
+  if (j.contains("recipe") && !custom_recipe) {
+    // Keep the recipe (its kind and settings) when it wires exactly what the table and feature
+    // maps say; otherwise, or when it does not fit these sizes, the table wins. A feature width of
+    // 0 in the recipe means C, which is then the width of every listed map.
+    const AttentionPlan recipe = plan_json::recipe_from_json(j.at("recipe"), where + ": recipe");
+    const Index C = r.features.empty() ? 1 : r.features[0].width;
+    if (!recipe.is_custom() && r.n_head > 0) {
+      try {
+        if (same_wiring(recipe.resolve(r.n_layer, r.n_head, C), r)) return recipe;
+      } catch (const Error&) {
+      }
+    }
+  }
+  return AttentionPlan::custom(r);
+}
+}  // namespace plan_json
+
+inline AttentionPlan plan_from_json(const nlohmann::json& j, const std::string& where) {
+  try {
+    return plan_json::plan_from_json_impl(j, where);
+  } catch (const nlohmann::json::exception& e) {
+    fail(where, ": malformed attention plan: ", e.what());
+  }
+}
+
+/// plan_from_json of a JSON text (a plan file's contents); invalid JSON is a strata::Error too.
+inline AttentionPlan plan_from_json_text(const std::string& text, const std::string& where) {
+  nlohmann::json j;
+  try {
+    j = nlohmann::json::parse(text);
+  } catch (const nlohmann::json::exception& e) {
+    fail(where, ": not valid JSON: ", e.what());
+  }
+  return plan_from_json(j, where);
+}
+
+/// Reads a plan file (docs/plan_schema.md); errors name the file.
+inline AttentionPlan read_plan_file(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) fail(path, ": cannot open the plan file");
+  std::stringstream text;
+  text << in.rdbuf();
+  return plan_from_json_text(text.str(), path);
+}
+
 inline nlohmann::json config_to_json(const ModelConfig& c) {
-  return {{"vocab_size", c.vocab_size},   {"context_length", c.context_length},
-          {"n_layer", c.n_layer},         {"n_head", c.n_head},
-          {"n_embd", c.n_embd},           {"mlp_ratio", c.mlp_ratio},
+  return {{"vocab_size", c.vocab_size},
+          {"context_length", c.context_length},
+          {"n_layer", c.n_layer},
+          {"n_head", c.n_head},
+          {"n_embd", c.n_embd},
+          {"mlp_ratio", c.mlp_ratio},
           {"seed", c.seed},
-          {"attention", plan_to_json(c.attention, int(c.n_layer), int(c.n_head))}};
+          {"attention", plan_to_json(c.attention, c.n_layer, c.n_head, c.n_embd)}};
 }
 
 /// Parses and validates a configuration; `where` prefixes error messages.

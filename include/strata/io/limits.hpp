@@ -119,10 +119,12 @@ inline void read_model_sizes(const nlohmann::json& j, ModelConfig& c, const std:
 /// "tensor 'x' has shape [a, b], expected [c, d]".
 inline void check_tensors_match(const SafetensorsFile& file, const ModelConfig& cfg) {
   const std::string where = "checkpoint " + file.path() + ": ";
-  if (cfg.attention.kind() == AttentionPlan::Kind::shortcut
-      && (cfg.feature_width() < 1 || cfg.feature_width() > ModelLimits::max_feature_width))
-    fail(where, "model configuration: shortcut feature width ", cfg.feature_width(),
-         ", expected an integer in [1, ", ModelLimits::max_feature_width, "]");
+  // The feature maps' widths size tensors too: bounded before the layout is built.
+  const ResolvedPlan plan = cfg.attention.resolve(cfg.n_layer, cfg.n_head, cfg.n_embd);
+  for (const FeatureMap& f : plan.features)
+    if (f.width < 1 || f.width > ModelLimits::max_feature_width)
+      fail(where, "model configuration: shortcut feature width ", f.width,
+           ", expected an integer in [1, ", ModelLimits::max_feature_width, "]");
   const ParameterLayout layout(cfg);  // names and shapes only: no arena yet
   for (const TensorInfo& t : layout.tensors()) {
     if (!file.contains(t.name)) fail(where, "has no tensor '", t.name, "'");
