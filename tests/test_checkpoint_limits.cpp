@@ -167,7 +167,9 @@ TEST_F(CheckpointLimits, SizesAreCheckedAgainstTheTensorsBeforeAllocation) {
 TEST_F(CheckpointLimits, ShortcutFeatureWidthIsBounded) {
   GPT<float> model(small_config(AttentionPlan::shortcut()));
   json cfg = strata::io::config_to_json(model.config());
-  cfg["attention"]["feature_width"] = Index(1) << 40;
+  // a file that says so consistently: the recipe and every feature map of its table
+  cfg["attention"]["recipe"]["feature_width"] = Index(1) << 40;
+  for (json& f : cfg["attention"]["features"]) f["width"] = Index(1) << 40;
   const std::string path = write("wide.safetensors", model, cfg);
   EXPECT_EQ(error_of([&] { strata::load_model<float>(path); }),
             where(path) + "model configuration: shortcut feature width 1099511627776, expected an "
