@@ -21,8 +21,8 @@ strata::AttentionPlan read_plan(const nlohmann::json& j) {
   return strata::io::plan_from_json(j, "fuzz");
 }
 
-nlohmann::json write_plan(const strata::AttentionPlan& plan, int n_layer, int n_head) {
-  return strata::io::plan_to_json(plan, n_layer, n_head);
+nlohmann::json write_plan(const strata::AttentionPlan& plan, int n_layer, int n_head, int n_embd) {
+  return strata::io::plan_to_json(plan, n_layer, n_head, n_embd);
 }
 
 /// Known finding F2 (README, "Robustness"): plan_from_json reads integers with nlohmann's
@@ -74,8 +74,8 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     } catch (const strata::Error&) {
       continue;
     }
-    const nlohmann::json once = write_plan(plan, n_layer, n_head);
-    const nlohmann::json twice = write_plan(read_plan(once), n_layer, n_head);
+    const nlohmann::json once = write_plan(plan, n_layer, n_head, int(c.n_embd));
+    const nlohmann::json twice = write_plan(read_plan(once), n_layer, n_head, int(c.n_embd));
     if (once != twice) std::abort();
   }
   return 0;
