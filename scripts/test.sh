@@ -19,15 +19,18 @@ jobs="$(nproc 2>/dev/null || echo 2)"
 build=build
 blas=ON
 sentencepiece=ON
+benchmarks=ON
 if [[ "${1:-}" == --eigen ]]; then
   build=build-eigen
   blas=OFF
   sentencepiece=OFF
+  benchmarks=OFF  # the benchmarks are built (and so compile-checked) in build/
   shift
 fi
 
 run cmake -S . -B "${build}" -DCMAKE_BUILD_TYPE=Release -DSTRATA_BUILD_TESTS=ON \
-  -DSTRATA_USE_BLAS="${blas}" -DSTRATA_USE_SENTENCEPIECE="${sentencepiece}" || die "configuring failed (missing packages? run scripts/setup.sh)"
+  -DSTRATA_USE_BLAS="${blas}" -DSTRATA_USE_SENTENCEPIECE="${sentencepiece}" \
+  -DSTRATA_BUILD_BENCHMARKS="${benchmarks}" || die "configuring failed (missing packages? run scripts/setup.sh)"
 run cmake --build "${build}" -j "${jobs}" || die "the build failed"
 run ctest --test-dir "${build}" --output-on-failure -j "${jobs}" "$@" || die "some tests failed"
 echo "test: all tests passed (${build}/, STRATA_USE_BLAS=${blas}, STRATA_USE_SENTENCEPIECE=${sentencepiece})"
