@@ -57,6 +57,7 @@ void operator delete(void* p, std::size_t, std::align_val_t) noexcept { alloc_co
 #include <utility>
 
 #include <Eigen/Core>
+#include <gtest/gtest.h>
 
 namespace alloc_counter {
 /// Counts what `f` allocates: Eigen's reports and operator new calls, returned as a pair.
@@ -70,5 +71,21 @@ std::pair<int, long> count(F&& f) {
   Eigen::internal::set_is_malloc_allowed(true);
   counting = false;
   return {eigen_assert_failures.load(), allocations.load()};
+}
+
+/// A second training step on the same batch (the first sized the workspace and the product
+/// buffers) allocates nothing and gives the same loss and gradients. The token matrices are bound
+/// to Refs before counting: a Ref of a plain matrix is a view, made without allocating.
+template <typename Model, typename Tokens>
+void expect_step_allocates_nothing(Model& model, const Tokens& tokens, const Tokens& targets) {
+  const auto first = model.forward_backward(tokens, targets);
+  const auto grad = model.gradients().eval();
+  const Eigen::Ref<const Tokens> tok = tokens, tgt = targets;
+  decltype(model.forward_backward(tok, tgt)) second{};
+  const auto [eigen_reports, news] = count([&] { second = model.forward_backward(tok, tgt); });
+  EXPECT_EQ(eigen_reports, 0) << "Eigen allocated in the step";
+  EXPECT_EQ(news, 0) << "operator new was called in the step";
+  EXPECT_EQ(first, second);
+  EXPECT_TRUE(grad == model.gradients());
 }
 }  // namespace alloc_counter
