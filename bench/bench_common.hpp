@@ -2,12 +2,12 @@
 // context (threads, SIMD, CPU) recorded in every JSON output, and the model configurations.
 #pragma once
 
-#include <benchmark/benchmark.h>
-
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <string>
+
+#include <benchmark/benchmark.h>
 
 #include <strata/strata.hpp>
 

@@ -22,11 +22,12 @@ Mat random_matrix(Index r, Index c, std::uint64_t seed) {
 }
 
 void set_flops(benchmark::State& state, double flops) {
-  state.counters["FLOP/s"] = benchmark::Counter(flops, benchmark::Counter::kIsIterationInvariantRate,
-                                                benchmark::Counter::kIs1000);
+  state.counters["FLOP/s"] = benchmark::Counter(
+      flops, benchmark::Counter::kIsIterationInvariantRate, benchmark::Counter::kIs1000);
 }
 
-// ---- linear: [N, IC] x [OC, IC]^T ----------------------------------------------------------------
+// ---- linear: [N, IC] x [OC, IC]^T
+// ----------------------------------------------------------------
 void linear_fwd(benchmark::State& state) {
   const Index N = state.range(0), IC = state.range(1), OC = state.range(2);
   Mat x = random_matrix(N, IC, 1), w = random_matrix(OC, IC, 2), out(N, OC);
@@ -62,7 +63,8 @@ void linear_bwd(benchmark::State& state) {
   set_flops(state, 4.0 * N * IC * OC);
 }
 
-// ---- elementwise and row kernels ------------------------------------------------------------------
+// ---- elementwise and row kernels
+// ------------------------------------------------------------------
 void layernorm_fwd(benchmark::State& state) {
   const Index N = state.range(0), C = state.range(1);
   Mat x = random_matrix(N, C, 1), out(N, C);
@@ -100,8 +102,13 @@ struct CrossEntropyData {
   Vec losses, lse;
   strata::TokenMatrix y;
   CrossEntropyData(Index N_, Index V_)
-      : N(N_), V(V_), logits(random_matrix(N_, V_, 1)), dlogits(Mat::Zero(N_, V_)), losses(N_),
-        lse(N_), y(1, N_) {
+      : N(N_),
+        V(V_),
+        logits(random_matrix(N_, V_, 1)),
+        dlogits(Mat::Zero(N_, V_)),
+        losses(N_),
+        lse(N_),
+        y(1, N_) {
     for (Index i = 0; i < N; ++i) y(0, i) = strata::Token(i % V);
   }
 };
@@ -121,14 +128,21 @@ void cross_entropy_bwd(benchmark::State& state) {
   state.SetBytesProcessed(state.iterations() * 2 * d.N * d.V * Index(sizeof(float)));
 }
 
-// ---- embedding: N tokens of B x T, width C --------------------------------------------------------
+// ---- embedding: N tokens of B x T, width C
+// --------------------------------------------------------
 struct EmbeddingData {
   Index B, T, C, V = 256;
   strata::TokenMatrix tokens;
   Mat wte, wpe, out, dwte, dwpe;
   EmbeddingData(Index B_, Index T_, Index C_)
-      : B(B_), T(T_), C(C_), tokens(B_, T_), wte(random_matrix(V, C_, 1)),
-        wpe(random_matrix(T_, C_, 2)), out(B_ * T_, C_), dwte(Mat::Zero(V, C_)),
+      : B(B_),
+        T(T_),
+        C(C_),
+        tokens(B_, T_),
+        wte(random_matrix(V, C_, 1)),
+        wpe(random_matrix(T_, C_, 2)),
+        out(B_ * T_, C_),
+        dwte(Mat::Zero(V, C_)),
         dwpe(Mat::Zero(T_, C_)) {
     for (Index i = 0; i < tokens.size(); ++i) tokens.data()[i] = strata::Token((i * 7) % V);
   }
@@ -146,17 +160,30 @@ void embedding_bwd(benchmark::State& state) {
   state.SetBytesProcessed(state.iterations() * 3 * d.B * d.T * d.C * Index(sizeof(float)));
 }
 
-// ---- attention: B, NH, T, hs ---------------------------------------------------------------------
+// ---- attention: B, NH, T, hs
+// ---------------------------------------------------------------------
 struct AttentionData {
   Index B, NH, T, hs, C;
   Mat q, k, v, out, lse, dout, dq, dk, dv;
   AttentionData(Index B_, Index NH_, Index T_, Index hs_)
-      : B(B_), NH(NH_), T(T_), hs(hs_), C(NH_ * hs_),
-        q(random_matrix(B * T, C, 1)), k(random_matrix(B * T, C, 2)), v(random_matrix(B * T, C, 3)),
-        out(B * T, C), lse(B * T, NH), dout(random_matrix(B * T, C, 4)),
-        dq(Mat::Zero(B * T, C)), dk(Mat::Zero(B * T, C)), dv(Mat::Zero(B * T, C)) {}
+      : B(B_),
+        NH(NH_),
+        T(T_),
+        hs(hs_),
+        C(NH_ * hs_),
+        q(random_matrix(B * T, C, 1)),
+        k(random_matrix(B * T, C, 2)),
+        v(random_matrix(B * T, C, 3)),
+        out(B * T, C),
+        lse(B * T, NH),
+        dout(random_matrix(B * T, C, 4)),
+        dq(Mat::Zero(B * T, C)),
+        dk(Mat::Zero(B * T, C)),
+        dv(Mat::Zero(B * T, C)) {}
   // causal: about half of the T x T scores, two products of hs each
-  double forward_flops() const { return 2.0 * 2.0 * double(B * NH) * double(T) * double(T + 1) / 2 * double(hs); }
+  double forward_flops() const {
+    return 2.0 * 2.0 * double(B * NH) * double(T) * double(T + 1) / 2 * double(hs);
+  }
 };
 
 void attention_fwd(benchmark::State& state) {
@@ -168,14 +195,16 @@ void attention_bwd(benchmark::State& state) {
   AttentionData d(state.range(0), state.range(1), state.range(2), state.range(3));
   strata::attention_forward<float>(d.out, d.lse, d.q, d.k, d.v, d.NH, d.B);
   for (auto _ : state)
-    strata::attention_backward<float>(d.dq, d.dk, d.dv, d.dout, d.q, d.k, d.v, d.out, d.lse, d.NH, d.B);
+    strata::attention_backward<float>(d.dq, d.dk, d.dv, d.dout, d.q, d.k, d.v, d.out, d.lse, d.NH,
+                                      d.B);
   set_flops(state, 2.5 * d.forward_flops());  // recompute QK^T, plus dV, dP, dQ, dK
 }
 void attention_fwd_bwd(benchmark::State& state) {
   AttentionData d(state.range(0), state.range(1), state.range(2), state.range(3));
   for (auto _ : state) {
     strata::attention_forward<float>(d.out, d.lse, d.q, d.k, d.v, d.NH, d.B);
-    strata::attention_backward<float>(d.dq, d.dk, d.dv, d.dout, d.q, d.k, d.v, d.out, d.lse, d.NH, d.B);
+    strata::attention_backward<float>(d.dq, d.dk, d.dv, d.dout, d.q, d.k, d.v, d.out, d.lse, d.NH,
+                                      d.B);
   }
   set_flops(state, 3.5 * d.forward_flops());
 }
@@ -183,30 +212,90 @@ void attention_fwd_bwd(benchmark::State& state) {
 }  // namespace
 
 // Shapes of the tiny (N=2048, C=128) and small (N=2048, C=384) models.
-BENCHMARK(linear_fwd)->Args({2048, 128, 384})->Args({2048, 128, 512})->Args({2048, 512, 128})
-    ->Args({2048, 384, 1152})->Args({2048, 384, 1536})->Args({2048, 1536, 384})->Args({2048, 128, 256})
-    ->Unit(benchmark::kMicrosecond)->UseRealTime();
-BENCHMARK(linear_residual_fwd)->Args({2048, 128, 128})->Args({2048, 512, 128})
-    ->Args({2048, 384, 384})->Args({2048, 1536, 384})->Unit(benchmark::kMicrosecond)->UseRealTime();
-BENCHMARK(linear_residual_unfused)->Args({2048, 128, 128})->Args({2048, 512, 128})
-    ->Args({2048, 384, 384})->Args({2048, 1536, 384})->Unit(benchmark::kMicrosecond)->UseRealTime();
-BENCHMARK(linear_bwd)->Args({2048, 128, 384})->Args({2048, 128, 512})->Args({2048, 512, 128})
-    ->Args({2048, 384, 1152})->Args({2048, 384, 1536})->Args({2048, 1536, 384})->Args({2048, 128, 256})
-    ->Unit(benchmark::kMicrosecond)->UseRealTime();
-BENCHMARK(layernorm_fwd)->Args({2048, 128})->Args({2048, 384})->Unit(benchmark::kMicrosecond)->UseRealTime();
-BENCHMARK(layernorm_bwd)->Args({2048, 128})->Args({2048, 384})->Unit(benchmark::kMicrosecond)->UseRealTime();
-BENCHMARK(gelu_fwd)->Args({2048, 512})->Args({2048, 1536})->Unit(benchmark::kMicrosecond)->UseRealTime();
-BENCHMARK(gelu_bwd)->Args({2048, 512})->Args({2048, 1536})->Unit(benchmark::kMicrosecond)->UseRealTime();
+BENCHMARK(linear_fwd)
+    ->Args({2048, 128, 384})
+    ->Args({2048, 128, 512})
+    ->Args({2048, 512, 128})
+    ->Args({2048, 384, 1152})
+    ->Args({2048, 384, 1536})
+    ->Args({2048, 1536, 384})
+    ->Args({2048, 128, 256})
+    ->Unit(benchmark::kMicrosecond)
+    ->UseRealTime();
+BENCHMARK(linear_residual_fwd)
+    ->Args({2048, 128, 128})
+    ->Args({2048, 512, 128})
+    ->Args({2048, 384, 384})
+    ->Args({2048, 1536, 384})
+    ->Unit(benchmark::kMicrosecond)
+    ->UseRealTime();
+BENCHMARK(linear_residual_unfused)
+    ->Args({2048, 128, 128})
+    ->Args({2048, 512, 128})
+    ->Args({2048, 384, 384})
+    ->Args({2048, 1536, 384})
+    ->Unit(benchmark::kMicrosecond)
+    ->UseRealTime();
+BENCHMARK(linear_bwd)
+    ->Args({2048, 128, 384})
+    ->Args({2048, 128, 512})
+    ->Args({2048, 512, 128})
+    ->Args({2048, 384, 1152})
+    ->Args({2048, 384, 1536})
+    ->Args({2048, 1536, 384})
+    ->Args({2048, 128, 256})
+    ->Unit(benchmark::kMicrosecond)
+    ->UseRealTime();
+BENCHMARK(layernorm_fwd)
+    ->Args({2048, 128})
+    ->Args({2048, 384})
+    ->Unit(benchmark::kMicrosecond)
+    ->UseRealTime();
+BENCHMARK(layernorm_bwd)
+    ->Args({2048, 128})
+    ->Args({2048, 384})
+    ->Unit(benchmark::kMicrosecond)
+    ->UseRealTime();
+BENCHMARK(gelu_fwd)
+    ->Args({2048, 512})
+    ->Args({2048, 1536})
+    ->Unit(benchmark::kMicrosecond)
+    ->UseRealTime();
+BENCHMARK(gelu_bwd)
+    ->Args({2048, 512})
+    ->Args({2048, 1536})
+    ->Unit(benchmark::kMicrosecond)
+    ->UseRealTime();
 BENCHMARK(cross_entropy_fwd)->Args({2048, 256})->Unit(benchmark::kMicrosecond)->UseRealTime();
 BENCHMARK(cross_entropy_bwd)->Args({2048, 256})->Unit(benchmark::kMicrosecond)->UseRealTime();
-BENCHMARK(embedding_fwd)->Args({16, 128, 128})->Args({8, 256, 384})->Unit(benchmark::kMicrosecond)->UseRealTime();
-BENCHMARK(embedding_bwd)->Args({16, 128, 128})->Args({8, 256, 384})->Unit(benchmark::kMicrosecond)->UseRealTime();
-BENCHMARK(attention_fwd)->Args({16, 4, 128, 32})->Args({8, 6, 256, 64})->Args({1, 4, 1024, 64})
-    ->Unit(benchmark::kMillisecond)->UseRealTime();
-BENCHMARK(attention_bwd)->Args({16, 4, 128, 32})->Args({8, 6, 256, 64})->Args({1, 4, 1024, 64})
-    ->Unit(benchmark::kMillisecond)->UseRealTime();
-BENCHMARK(attention_fwd_bwd)->Args({16, 4, 128, 32})->Args({8, 6, 256, 64})->Args({1, 4, 1024, 64})
-    ->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK(embedding_fwd)
+    ->Args({16, 128, 128})
+    ->Args({8, 256, 384})
+    ->Unit(benchmark::kMicrosecond)
+    ->UseRealTime();
+BENCHMARK(embedding_bwd)
+    ->Args({16, 128, 128})
+    ->Args({8, 256, 384})
+    ->Unit(benchmark::kMicrosecond)
+    ->UseRealTime();
+BENCHMARK(attention_fwd)
+    ->Args({16, 4, 128, 32})
+    ->Args({8, 6, 256, 64})
+    ->Args({1, 4, 1024, 64})
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime();
+BENCHMARK(attention_bwd)
+    ->Args({16, 4, 128, 32})
+    ->Args({8, 6, 256, 64})
+    ->Args({1, 4, 1024, 64})
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime();
+BENCHMARK(attention_fwd_bwd)
+    ->Args({16, 4, 128, 32})
+    ->Args({8, 6, 256, 64})
+    ->Args({1, 4, 1024, 64})
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime();
 
 int main(int argc, char** argv) {
   bench::take_threads_flag(argc, argv);

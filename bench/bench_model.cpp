@@ -22,8 +22,12 @@ const std::vector<Plan>& plans() {
       {"standard", [] { return strata::AttentionPlan::standard(); }},
       {"skip_split", [] { return strata::AttentionPlan::skip_layer(); }},
       {"skip_concat",
-       [] { return strata::AttentionPlan::skip_layer(std::nullopt, std::nullopt, strata::SkipMode::concat); }},
+       [] {
+         return strata::AttentionPlan::skip_layer(std::nullopt, std::nullopt,
+                                                  strata::SkipMode::concat);
+       }},
       {"shortcut", [] { return strata::AttentionPlan::shortcut(); }},
+      {"dense_shortcut", [] { return strata::AttentionPlan::dense_shortcut(); }},
   };
   return p;
 }
@@ -38,7 +42,8 @@ void train_step(benchmark::State& state, bench::BenchConfig bc, const Plan& plan
   strata::AdamW<float> opt(model);
   strata::Rng rng(1);
   std::vector<strata::TokenMatrix> xs(4, strata::TokenMatrix(bc.B, bc.T)), ys = xs;
-  for (int i = 0; i < 4; ++i) random_tokens(xs[i], rng, cfg.vocab_size), random_tokens(ys[i], rng, cfg.vocab_size);
+  for (int i = 0; i < 4; ++i)
+    random_tokens(xs[i], rng, cfg.vocab_size), random_tokens(ys[i], rng, cfg.vocab_size);
   int i = 0;
   for (auto _ : state) {
     float loss = model.forward_backward(xs[i % 4], ys[i % 4]);
@@ -48,7 +53,8 @@ void train_step(benchmark::State& state, bench::BenchConfig bc, const Plan& plan
     ++i;
   }
   const double tokens = double(bc.B * bc.T);
-  state.counters["tokens/s"] = benchmark::Counter(tokens, benchmark::Counter::kIsIterationInvariantRate);
+  state.counters["tokens/s"] =
+      benchmark::Counter(tokens, benchmark::Counter::kIsIterationInvariantRate);
   state.counters["FLOP/s"] = benchmark::Counter(
       bench::train_flops(cfg, bc.B, bc.T, model.num_parameters()),
       benchmark::Counter::kIsIterationInvariantRate, benchmark::Counter::kIs1000);
@@ -97,11 +103,15 @@ int main(int argc, char** argv) {
     for (const Plan& p : plans()) {
       const std::string suffix = std::string(bc.name) + "/" + p.name;
       benchmark::RegisterBenchmark(("train/" + suffix).c_str(), train_step, bc, p)
-          ->Unit(benchmark::kMillisecond)->UseRealTime()->MinTime(2.0);
+          ->Unit(benchmark::kMillisecond)
+          ->UseRealTime()
+          ->MinTime(2.0);
       benchmark::RegisterBenchmark(("forward/" + suffix).c_str(), forward, bc, p)
-          ->Unit(benchmark::kMillisecond)->UseRealTime();
+          ->Unit(benchmark::kMillisecond)
+          ->UseRealTime();
       benchmark::RegisterBenchmark(("generate/" + suffix).c_str(), generate, bc, p)
-          ->Unit(benchmark::kMillisecond)->UseRealTime();
+          ->Unit(benchmark::kMillisecond)
+          ->UseRealTime();
     }
   benchmark::Initialize(&argc, argv);
   if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;

@@ -47,13 +47,14 @@ struct Args {
 
 [[noreturn]] void usage(const char* msg) {
   if (msg) std::cerr << "context_sweep: " << msg << "\n";
-  std::cerr
-      << "usage: context_sweep [--plan standard|skip_split|skip_concat|shortcut] [--T 128]\n"
-         "                     [--batch B | --tokens 2048] [--steps 10] [--warmup 2] [--threads 2]\n"
-         "                     [--layers 4] [--heads 4] [--embd 128]\n"
-         "Runs warm-up then timed training steps of the GPT with context_length = T and prints one\n"
-         "JSON line (median ms per step, peak RSS, workspace and attention bytes).\n"
-         "--batch defaults to tokens / T (at least 1); --threads 0 = all cores.\n";
+  std::cerr << "usage: context_sweep [--plan standard|skip_split|skip_concat|shortcut] [--T 128]\n"
+               "                     [--batch B | --tokens 2048] [--steps 10] [--warmup 2] "
+               "[--threads 2]\n"
+               "                     [--layers 4] [--heads 4] [--embd 128]\n"
+               "Runs warm-up then timed training steps of the GPT with context_length = T and "
+               "prints one\n"
+               "JSON line (median ms per step, peak RSS, workspace and attention bytes).\n"
+               "--batch defaults to tokens / T (at least 1); --threads 0 = all cores.\n";
   std::exit(msg ? 2 : 0);
 }
 
@@ -77,17 +78,28 @@ Args parse(int argc, char** argv) {
         usage((key + " " + value + ": expected an integer >= " + std::to_string(lo)).c_str());
       return v;
     };
-    if (key == "--plan") a.plan = value;
-    else if (key == "--T") a.T = num(1);
-    else if (key == "--batch") a.batch = num(1);
-    else if (key == "--tokens") a.tokens = num(1);
-    else if (key == "--steps") a.steps = int(num(1));
-    else if (key == "--warmup") a.warmup = int(num(0));
-    else if (key == "--threads") a.threads = int(num(0));
-    else if (key == "--layers") a.L = num(1);
-    else if (key == "--heads") a.NH = num(1);
-    else if (key == "--embd") a.C = num(1);
-    else usage(("unknown option " + key).c_str());
+    if (key == "--plan")
+      a.plan = value;
+    else if (key == "--T")
+      a.T = num(1);
+    else if (key == "--batch")
+      a.batch = num(1);
+    else if (key == "--tokens")
+      a.tokens = num(1);
+    else if (key == "--steps")
+      a.steps = int(num(1));
+    else if (key == "--warmup")
+      a.warmup = int(num(0));
+    else if (key == "--threads")
+      a.threads = int(num(0));
+    else if (key == "--layers")
+      a.L = num(1);
+    else if (key == "--heads")
+      a.NH = num(1);
+    else if (key == "--embd")
+      a.C = num(1);
+    else
+      usage(("unknown option " + key).c_str());
   }
   if (a.batch == 0) a.batch = std::max<Index>(1, a.tokens / a.T);
   return a;
@@ -102,7 +114,8 @@ strata::AttentionPlan make_plan(const std::string& name) {
   usage(("unknown plan '" + name + "' (standard, skip_split, skip_concat, shortcut)").c_str());
 }
 
-// ---- memory of the process ------------------------------------------------------------------------
+// ---- memory of the process
+// ------------------------------------------------------------------------
 long long peak_rss_bytes() {  // high-water mark of the whole process life
   rusage ru{};
   getrusage(RUSAGE_SELF, &ru);
@@ -131,12 +144,13 @@ bool reset_hwm() {
 
 // ---- memory of the model ------------------------------------------------------------------------
 struct ModelBytes {
-  double workspace = 0;        // every activation and backward-scratch buffer (GPT::workspace_bytes)
-  double attention_saved = 0;  // what the attention kernel keeps for backward: out + lse, all layers
-  double attention_kv = 0;     // the K/V the attention reads (qkv buffers and shortcut feature kv)
-  double txt_probs = 0;        // a [T, T]-materialising attention's probabilities, all layers/heads
+  double workspace = 0;  // every activation and backward-scratch buffer (GPT::workspace_bytes)
+  double attention_saved =
+      0;                    // what the attention kernel keeps for backward: out + lse, all layers
+  double attention_kv = 0;  // the K/V the attention reads (qkv buffers and shortcut feature kv)
+  double txt_probs = 0;     // a [T, T]-materialising attention's probabilities, all layers/heads
   double txt_probs_standard = 0;  // the same for the standard plan: L*B*NH*T*T*4
-  double param_state = 0;      // parameters, gradients, AdamW m and v
+  double param_state = 0;         // parameters, gradients, AdamW m and v
 };
 
 ModelBytes model_bytes(const strata::GPT<float>& model, Index B, Index T) {
@@ -203,7 +217,8 @@ int main(int argc, char** argv) try {
   for (int i = 0; i < a.steps; ++i) {
     const auto t0 = std::chrono::steady_clock::now();
     step();
-    ms.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
+    ms.push_back(
+        std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
   }
   const long long rss_end = status_field_bytes("VmRSS");
   const long long hwm_steps = hwm_reset ? status_field_bytes("VmHWM") : -1;
@@ -214,8 +229,9 @@ int main(int argc, char** argv) try {
   std::ostringstream o;
   o.precision(6);
   o << "{\"plan\":\"" << a.plan << "\",\"T\":" << a.T << ",\"B\":" << a.batch
-    << ",\"tokens_per_step\":" << a.batch * a.T << ",\"L\":" << cfg.n_layer << ",\"NH\":" << cfg.n_head
-    << ",\"C\":" << cfg.n_embd << ",\"threads\":" << strata::num_threads() << ",\"warmup\":" << a.warmup
+    << ",\"tokens_per_step\":" << a.batch * a.T << ",\"L\":" << cfg.n_layer
+    << ",\"NH\":" << cfg.n_head << ",\"C\":" << cfg.n_embd
+    << ",\"threads\":" << strata::num_threads() << ",\"warmup\":" << a.warmup
     << ",\"steps\":" << a.steps << ",\"ms_median\":" << med
     << ",\"ms_min\":" << *std::min_element(ms.begin(), ms.end())
     << ",\"ms_max\":" << *std::max_element(ms.begin(), ms.end())
@@ -225,16 +241,16 @@ int main(int argc, char** argv) try {
     << ",\"rss_start_bytes\":" << rss_start << ",\"rss_model_bytes\":" << rss_model
     << ",\"rss_first_step_bytes\":" << rss_first_step << ",\"rss_warm_bytes\":" << rss_warm
     << ",\"rss_end_bytes\":" << rss_end << ",\"step_peak_rss_bytes\":" << hwm_steps
-    << ",\"step_rss_growth_bytes\":" << (peak - rss_model)
-    << std::fixed << std::setprecision(0)
-    << ",\"workspace_bytes\":" << mb.workspace << ",\"attention_saved_bytes\":" << mb.attention_saved
+    << ",\"step_rss_growth_bytes\":" << (peak - rss_model) << std::fixed << std::setprecision(0)
+    << ",\"workspace_bytes\":" << mb.workspace
+    << ",\"attention_saved_bytes\":" << mb.attention_saved
     << ",\"attention_kv_bytes\":" << mb.attention_kv << ",\"txt_probs_bytes\":" << mb.txt_probs
     << ",\"txt_probs_standard_bytes\":" << mb.txt_probs_standard
     << ",\"param_state_bytes\":" << mb.param_state << std::defaultfloat << std::setprecision(6)
-    << ",\"first_loss\":" << first_loss << ",\"last_loss\":" << last_loss
-    << ",\"eigen_simd\":\"" << Eigen::SimdInstructionSetsInUse() << "\",\"cpu\":\"" << bench::cpu_model()
-    << "\",\"product_backend\":\"" << strata::product_backend()
-    << "\",\"strata_version\":\"" << strata::version << "\"}";
+    << ",\"first_loss\":" << first_loss << ",\"last_loss\":" << last_loss << ",\"eigen_simd\":\""
+    << Eigen::SimdInstructionSetsInUse() << "\",\"cpu\":\"" << bench::cpu_model()
+    << "\",\"product_backend\":\"" << strata::product_backend() << "\",\"strata_version\":\""
+    << strata::version << "\"}";
   std::cout << o.str() << std::endl;
   return 0;
 } catch (const std::exception& e) {

@@ -13,15 +13,18 @@
 int main(int argc, char** argv) {
   CLI::App app{"Attention mass per depth of a shortcut model's final block, for a text."};
   std::string checkpoint = "out/model.safetensors";
-  std::string text = "Call me Ishmael. Some years ago, never mind how long precisely, I went to sea.";
+  std::string text =
+      "Call me Ishmael. Some years ago, never mind how long precisely, I went to sea.";
   std::string out = "out/attention_map.json";
   int threads = 1;
-  app.add_option("--checkpoint", checkpoint, "Checkpoint of a model trained with --attention shortcut")
+  app.add_option("--checkpoint", checkpoint,
+                 "Checkpoint of a model trained with --attention shortcut")
       ->capture_default_str();
   app.add_option("--text", text, "Text to analyse (at most the context length in bytes)")
       ->capture_default_str();
   app.add_option("--out", out, "JSON file for plot_attention_map.py")->capture_default_str();
-  app.add_option("--threads", threads, "Threads; 0 = all cores")->capture_default_str()
+  app.add_option("--threads", threads, "Threads; 0 = all cores")
+      ->capture_default_str()
       ->check(examples::AtLeast(0));
   CLI11_PARSE(app, argc, argv);
   try {

@@ -4,7 +4,6 @@
 #include <fcntl.h>
 #include <unistd.h>
 
-#include <CLI/CLI.hpp>
 #include <cerrno>
 #include <cstdint>
 #include <cstdio>
@@ -15,6 +14,8 @@
 #include <sstream>
 #include <string>
 #include <vector>
+
+#include <CLI/CLI.hpp>
 
 #include <strata/strata.hpp>
 
@@ -72,8 +73,9 @@ struct PlanFlags {
         ->check(AtLeast(1));
     app.add_option("--skip-heads", skip_heads, "Skip heads n per skip layer; default round(3NH/4)")
         ->check(AtLeast(0));
-    app.add_option("--skip-mode", skip_mode, "split: skip heads read only the earlier layer; "
-                                             "concat: they attend over both")
+    app.add_option("--skip-mode", skip_mode,
+                   "split: skip heads read only the earlier layer; "
+                   "concat: they attend over both")
         ->check(CLI::IsMember({"split", "concat"}))
         ->capture_default_str();
     app.add_option("--shortcut-depths", depths,
@@ -90,7 +92,8 @@ struct PlanFlags {
           skip_distance > 0 ? std::optional<int>(skip_distance) : std::nullopt,
           skip_heads >= 0 ? std::optional<int>(skip_heads) : std::nullopt,
           strata::parse_skip_mode(skip_mode));
-    if (kind == "shortcut") return strata::AttentionPlan::shortcut(depths, feature_width, embeddings);
+    if (kind == "shortcut")
+      return strata::AttentionPlan::shortcut(depths, feature_width, embeddings);
     return strata::AttentionPlan::standard();
   }
 };

@@ -22,17 +22,30 @@ int main(int argc, char** argv) {
   bool raw = false;
   app.add_option("--checkpoint", checkpoint, "Checkpoint written by train")->capture_default_str();
   app.add_option("--prompt", prompt, "Text to continue")->capture_default_str();
-  app.add_option("--tokens", tokens, "Tokens to generate")->capture_default_str()->check(examples::AtLeast(0));
-  app.add_option("--temperature", sampler.temperature, "Sampling temperature; 0 = greedy")->capture_default_str()->check(examples::AtLeast(0));
-  app.add_option("--top-k", sampler.top_k, "Sample among the k most likely tokens; 0 = all")->capture_default_str()->check(examples::AtLeast(0));
-  app.add_option("--seed", sampler.seed, "Sampling seed")->capture_default_str()->check(examples::UnsignedInteger());
-  app.add_option("--threads", threads, "Threads; 0 = all cores")->capture_default_str()->check(examples::AtLeast(0));
-  app.add_flag("--raw", raw, "Print the sampled bytes exactly (default: invalid UTF-8 and control characters are replaced)");
+  app.add_option("--tokens", tokens, "Tokens to generate")
+      ->capture_default_str()
+      ->check(examples::AtLeast(0));
+  app.add_option("--temperature", sampler.temperature, "Sampling temperature; 0 = greedy")
+      ->capture_default_str()
+      ->check(examples::AtLeast(0));
+  app.add_option("--top-k", sampler.top_k, "Sample among the k most likely tokens; 0 = all")
+      ->capture_default_str()
+      ->check(examples::AtLeast(0));
+  app.add_option("--seed", sampler.seed, "Sampling seed")
+      ->capture_default_str()
+      ->check(examples::UnsignedInteger());
+  app.add_option("--threads", threads, "Threads; 0 = all cores")
+      ->capture_default_str()
+      ->check(examples::AtLeast(0));
+  app.add_flag("--raw", raw,
+               "Print the sampled bytes exactly (default: invalid UTF-8 and control characters are "
+               "replaced)");
   CLI11_PARSE(app, argc, argv);
   try {
     strata::set_num_threads(threads);
     examples::check_input_file(checkpoint, "--checkpoint");
-    const auto file = strata::io::SafetensorsFile::read(checkpoint);  // read once: model + tokenizer
+    const auto file =
+        strata::io::SafetensorsFile::read(checkpoint);  // read once: model + tokenizer
     // read_checked_config: the sizes are checked against the tensors before anything is allocated
     auto model = std::make_unique<strata::GPT<float>>(strata::io::read_checked_config(file));
     strata::load_checkpoint(file, *model);
@@ -48,11 +61,12 @@ int main(int argc, char** argv) {
                    " has more tokens than the model's vocab_size ", cfg.vocab_size);
     // The KV cache holds context_length positions of every layer and feature map, which
     // the checkpoint's size bounds only loosely: say so instead of running out of memory.
-    const double cached_layers = double(
-        cfg.n_layer
-        + strata::Index(cfg.attention.resolve(cfg.n_layer, cfg.n_head, cfg.n_embd).features.size()));
-    const double cache_bytes = cached_layers * double(cfg.context_length) * 2.0
-                               * double(cfg.n_embd) * sizeof(float);
+    const double cached_layers =
+        double(cfg.n_layer
+               + strata::Index(
+                   cfg.attention.resolve(cfg.n_layer, cfg.n_head, cfg.n_embd).features.size()));
+    const double cache_bytes =
+        cached_layers * double(cfg.context_length) * 2.0 * double(cfg.n_embd) * sizeof(float);
     const double memory = double(::sysconf(_SC_PHYS_PAGES)) * double(::sysconf(_SC_PAGE_SIZE));
     if (memory > 0 && cache_bytes > memory)
       strata::fail("the KV cache of this model needs up to ", cache_bytes / 1e9, " GB (",
@@ -69,11 +83,13 @@ int main(int argc, char** argv) {
     });
     const std::string rest = examples::printable(stream.flush(), raw);
     std::fwrite(rest.data(), 1, rest.size(), stdout);
-    const double sec = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    const double sec =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     std::fprintf(stderr, "\n%lld tokens in %.2f s (%.0f tokens/s)\n", (long long)tokens, sec,
                  double(tokens) / sec);
   } catch (const std::bad_alloc&) {
-    std::fprintf(stderr, "generate: error: out of memory (the model is too large for this machine)\n");
+    std::fprintf(stderr,
+                 "generate: error: out of memory (the model is too large for this machine)\n");
     return 1;
   } catch (const std::exception& e) {
     std::fprintf(stderr, "generate: error: %s\n", e.what());

@@ -1,7 +1,7 @@
 // train: trains a GPT on a text file (by default the bundled Moby Dick, as bytes) or on the token
-// files of `prepare` (--tokens; BPE vocabularies, corpora larger than memory) with a live progress bar,
-// periodic validation, a JSON-lines log of every loss, checkpoints that resume exactly, and a text
-// sample at the end.
+// files of `prepare` (--tokens; BPE vocabularies, corpora larger than memory) with a live progress
+// bar, periodic validation, a JSON-lines log of every loss, checkpoints that resume exactly, and a
+// text sample at the end.
 //
 //   build/examples/train                                  # the tiny default model, 2000 steps
 //   build/examples/train --attention skip --skip-heads 2   # skip-layer attention
@@ -157,8 +157,8 @@ class Progress {
   void update(const strata::StepReport& r, double elapsed_from_start, Index steps_this_run,
               Index first_step) {
     if (quiet_) return;
-    smoothed_tps_ = smoothed_tps_ == 0 ? r.tokens_per_second
-                                       : 0.9 * smoothed_tps_ + 0.1 * r.tokens_per_second;
+    smoothed_tps_ =
+        smoothed_tps_ == 0 ? r.tokens_per_second : 0.9 * smoothed_tps_ + 0.1 * r.tokens_per_second;
     const double per_step = elapsed_from_start / double(std::max<Index>(1, steps_this_run));
     const double eta = per_step * double(total_ - r.step);
     char line[256];
@@ -173,7 +173,8 @@ class Progress {
       std::fflush(stderr);
     } else {
       const Index every = std::max<Index>(1, (total_ - first_step) / 20);
-      if ((r.step - first_step) % every == 0 || r.step == total_) std::fprintf(stderr, "%s\n", line);
+      if ((r.step - first_step) % every == 0 || r.step == total_)
+        std::fprintf(stderr, "%s\n", line);
     }
   }
   /// Prints a line of its own (validation) without garbling the bar.
@@ -287,15 +288,16 @@ int run(Flags& f, CLI::App& app, const Ranks& ranks) {
   if (!f.resume.empty()) {
     // The checkpoint decides the model and the run's settings; only --steps may change.
     for (const char* flag : {"--layers", "--heads", "--width", "--context", "--mlp-ratio",
-                             "--attention", "--plan-file", "--batch", "--lr", "--min-lr", "--warmup",
-                             "--weight-decay", "--clip", "--seed", "--seq-len"})
+                             "--attention", "--plan-file", "--batch", "--lr", "--min-lr",
+                             "--warmup", "--weight-decay", "--clip", "--seed", "--seq-len"})
       if (app.count(flag) > 0)
         strata::fail("--resume continues the saved run with its own settings; drop ", flag);
     saved_run = strata::io::SafetensorsFile::read(f.resume);
     const strata::TrainState state = strata::read_train_state(*saved_run);  // weights only: error
     model = std::make_unique<strata::GPT<float>>(strata::io::read_checked_config(*saved_run));
     if (state.options.empty())
-      strata::fail("--resume ", f.resume, ": the checkpoint holds no trainer options (it was not "
+      strata::fail("--resume ", f.resume,
+                   ": the checkpoint holds no trainer options (it was not "
                    "saved by train); start a fresh run from it with the library instead");
     const auto saved = strata::TrainOptions::from_json(state.options);
     const Index steps = app.count("--steps") ? opts.steps : saved.steps;
@@ -334,10 +336,10 @@ int run(Flags& f, CLI::App& app, const Ranks& ranks) {
                  "  data %s: %lld training / %lld validation tokens, tokenizer %s | %d threads | "
                  "seed %llu\n"
                  "  products: %s\n",
-                 (long long)model->num_parameters(), (long long)cfg.n_layer,
-                 (long long)cfg.n_head, (long long)cfg.n_embd, (long long)T,
-                 (long long)cfg.vocab_size, (long long)opts.batch, examples::plan_text(cfg).c_str(),
-                 data.source.c_str(), (long long)data.train.size(), (long long)data.val.size(),
+                 (long long)model->num_parameters(), (long long)cfg.n_layer, (long long)cfg.n_head,
+                 (long long)cfg.n_embd, (long long)T, (long long)cfg.vocab_size,
+                 (long long)opts.batch, examples::plan_text(cfg).c_str(), data.source.c_str(),
+                 (long long)data.train.size(), (long long)data.val.size(),
                  data.tokenizer.describe().c_str(), strata::num_threads(),
                  (unsigned long long)opts.data_seed, strata::product_backend().c_str());
   if (ranks.root()) std::fputs(strata::kernel_width_warnings().c_str(), stderr);
@@ -361,10 +363,14 @@ int run(Flags& f, CLI::App& app, const Ranks& ranks) {
   cb.on_step = [&](const strata::StepReport& r) {
     step_seconds += r.seconds;
     if (log)
-      log->line({{"step", r.step}, {"train_loss", r.loss}, {"lr", r.lr},
-                 {"grad_norm", r.grad_norm}, {"ms", r.seconds * 1e3},
+      log->line({{"step", r.step},
+                 {"train_loss", r.loss},
+                 {"lr", r.lr},
+                 {"grad_norm", r.grad_norm},
+                 {"ms", r.seconds * 1e3},
                  {"tokens_per_s", r.tokens_per_second}});
-    const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    const double elapsed =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     progress.update(r, elapsed, r.step - first, first);
     if (f.checkpoint_interval > 0 && r.step % f.checkpoint_interval == 0 && r.step < opts.steps
         && ranks.root())
@@ -381,7 +387,8 @@ int run(Flags& f, CLI::App& app, const Ranks& ranks) {
   };
   cb.should_stop = [] { return g_signal.load() != 0; };
 #if defined(STRATA_HAVE_MPI)
-  if (dp) cb.should_stop = [&] { return dp->any(g_signal.load() != 0); };  // all ranks stop together
+  if (dp)
+    cb.should_stop = [&] { return dp->any(g_signal.load() != 0); };  // all ranks stop together
 #endif
   trainer.run(cb);
   progress.finish();
@@ -393,7 +400,8 @@ int run(Flags& f, CLI::App& app, const Ranks& ranks) {
     return 128 + sig;
   }
   trainer.save(f.checkpoint);
-  const double total = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  const double total =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   if (sig != 0) {
     std::fprintf(stderr, "interrupted at step %lld; saved %s (continue with --resume %s)\n",
                  (long long)trainer.state().step, f.checkpoint.c_str(), f.checkpoint.c_str());
@@ -429,40 +437,100 @@ int run(Flags& f, CLI::App& app, const Ranks& ranks) {
 int main(int argc, char** argv) {
   CLI::App app{"Train a strata GPT on a text file (bytes) or on token files written by prepare."};
   Flags f;
-  app.add_option("--layers", f.model.n_layer, "Transformer blocks L")->capture_default_str()->check(examples::AtLeast(1));
-  app.add_option("--heads", f.model.n_head, "Attention heads per block")->capture_default_str()->check(examples::AtLeast(1));
-  app.add_option("--width", f.model.n_embd, "Model width C")->capture_default_str()->check(examples::AtLeast(1));
-  app.add_option("--context", f.model.context_length, "Context length (maximum T)")->capture_default_str()->check(examples::AtLeast(1));
-  app.add_option("--mlp-ratio", f.model.mlp_ratio, "MLP hidden width / C")->capture_default_str()->check(examples::AtLeast(1));
+  app.add_option("--layers", f.model.n_layer, "Transformer blocks L")
+      ->capture_default_str()
+      ->check(examples::AtLeast(1));
+  app.add_option("--heads", f.model.n_head, "Attention heads per block")
+      ->capture_default_str()
+      ->check(examples::AtLeast(1));
+  app.add_option("--width", f.model.n_embd, "Model width C")
+      ->capture_default_str()
+      ->check(examples::AtLeast(1));
+  app.add_option("--context", f.model.context_length, "Context length (maximum T)")
+      ->capture_default_str()
+      ->check(examples::AtLeast(1));
+  app.add_option("--mlp-ratio", f.model.mlp_ratio, "MLP hidden width / C")
+      ->capture_default_str()
+      ->check(examples::AtLeast(1));
   f.plan.add(app);
-  app.add_option("--plan-file", f.plan_file, "Attention plan as JSON (docs/plan_schema.md); replaces --attention and its flags")->check(CLI::ExistingFile);
-  app.add_option("--steps", f.train.steps, "Optimizer steps")->capture_default_str()->check(examples::AtLeast(1));
-  app.add_option("--batch", f.train.batch, "Sequences per batch")->capture_default_str()->check(examples::AtLeast(1));
-  app.add_option("--seq-len", f.train.seq_len, "Training sequence length; 0 = context")->capture_default_str()->check(examples::AtLeast(0));
-  app.add_option("--lr", f.train.lr, "Peak learning rate")->capture_default_str()->check(examples::Positive());
-  app.add_option("--min-lr", f.train.min_lr, "Final learning rate of the cosine decay")->capture_default_str()->check(examples::AtLeast(0));
-  app.add_option("--warmup", f.train.warmup, "Linear warm-up steps")->capture_default_str()->check(examples::AtLeast(0));
-  app.add_option("--weight-decay", f.train.weight_decay, "AdamW weight decay (matrices only)")->capture_default_str()->check(examples::AtLeast(0));
-  app.add_option("--clip", f.train.grad_clip, "Global gradient-norm clip; 0 = off")->capture_default_str()->check(examples::AtLeast(0));
-  app.add_option("--eval-interval", f.train.eval_interval, "Steps between validation runs")->capture_default_str()->check(examples::AtLeast(1));
-  app.add_option("--eval-batches", f.train.eval_batches, "Batches per validation run")->capture_default_str()->check(examples::AtLeast(1));
-  app.add_option("--seed", f.train.data_seed, "Seed of the initialisation, the batches and the sample")->capture_default_str()->check(examples::UnsignedInteger());
-  app.add_option("--threads", f.threads, "Threads; 0 = all cores")->capture_default_str()->check(examples::AtLeast(0));
-  auto* data_flag = app.add_option("--data", f.data, "UTF-8 text file to train on (as bytes)")->capture_default_str();
-  app.add_option("--tokens", f.tokens, "Token files written by prepare: their prefix (<prefix>.train.tok, .val.tok, .model); instead of --data")
+  app.add_option("--plan-file", f.plan_file,
+                 "Attention plan as JSON (docs/plan_schema.md); replaces --attention and its flags")
+      ->check(CLI::ExistingFile);
+  app.add_option("--steps", f.train.steps, "Optimizer steps")
+      ->capture_default_str()
+      ->check(examples::AtLeast(1));
+  app.add_option("--batch", f.train.batch, "Sequences per batch")
+      ->capture_default_str()
+      ->check(examples::AtLeast(1));
+  app.add_option("--seq-len", f.train.seq_len, "Training sequence length; 0 = context")
+      ->capture_default_str()
+      ->check(examples::AtLeast(0));
+  app.add_option("--lr", f.train.lr, "Peak learning rate")
+      ->capture_default_str()
+      ->check(examples::Positive());
+  app.add_option("--min-lr", f.train.min_lr, "Final learning rate of the cosine decay")
+      ->capture_default_str()
+      ->check(examples::AtLeast(0));
+  app.add_option("--warmup", f.train.warmup, "Linear warm-up steps")
+      ->capture_default_str()
+      ->check(examples::AtLeast(0));
+  app.add_option("--weight-decay", f.train.weight_decay, "AdamW weight decay (matrices only)")
+      ->capture_default_str()
+      ->check(examples::AtLeast(0));
+  app.add_option("--clip", f.train.grad_clip, "Global gradient-norm clip; 0 = off")
+      ->capture_default_str()
+      ->check(examples::AtLeast(0));
+  app.add_option("--eval-interval", f.train.eval_interval, "Steps between validation runs")
+      ->capture_default_str()
+      ->check(examples::AtLeast(1));
+  app.add_option("--eval-batches", f.train.eval_batches, "Batches per validation run")
+      ->capture_default_str()
+      ->check(examples::AtLeast(1));
+  app.add_option("--seed", f.train.data_seed,
+                 "Seed of the initialisation, the batches and the sample")
+      ->capture_default_str()
+      ->check(examples::UnsignedInteger());
+  app.add_option("--threads", f.threads, "Threads; 0 = all cores")
+      ->capture_default_str()
+      ->check(examples::AtLeast(0));
+  auto* data_flag = app.add_option("--data", f.data, "UTF-8 text file to train on (as bytes)")
+                        ->capture_default_str();
+  app.add_option("--tokens", f.tokens,
+                 "Token files written by prepare: their prefix (<prefix>.train.tok, .val.tok, "
+                 ".model); instead of --data")
       ->excludes(data_flag);
-  app.add_option("--val-fraction", f.val_fraction, "Fraction of the file (its end) kept for validation")->capture_default_str()->check(CLI::Range(0.001, 0.5));
-  app.add_option("--checkpoint", f.checkpoint, "Training checkpoint written during and after the run (default with --resume: the resumed file)")->capture_default_str();
-  app.add_flag("--overwrite", f.overwrite, "Let a fresh run replace an existing --checkpoint (the old file stays until the first new save)");
-  app.add_option("--checkpoint-interval", f.checkpoint_interval, "Steps between checkpoints; 0 = only at the end")->capture_default_str()->check(examples::AtLeast(0));
-  app.add_option("--resume", f.resume, "Continue the run saved in this training checkpoint")->check(CLI::ExistingFile);
+  app.add_option("--val-fraction", f.val_fraction,
+                 "Fraction of the file (its end) kept for validation")
+      ->capture_default_str()
+      ->check(CLI::Range(0.001, 0.5));
+  app.add_option("--checkpoint", f.checkpoint,
+                 "Training checkpoint written during and after the run (default with --resume: the "
+                 "resumed file)")
+      ->capture_default_str();
+  app.add_flag("--overwrite", f.overwrite,
+               "Let a fresh run replace an existing --checkpoint (the old file stays until the "
+               "first new save)");
+  app.add_option("--checkpoint-interval", f.checkpoint_interval,
+                 "Steps between checkpoints; 0 = only at the end")
+      ->capture_default_str()
+      ->check(examples::AtLeast(0));
+  app.add_option("--resume", f.resume, "Continue the run saved in this training checkpoint")
+      ->check(CLI::ExistingFile);
   app.add_option("--log", f.log, "JSON-lines log of every loss")->capture_default_str();
-  app.add_option("--sample-tokens", f.sample_tokens, "Tokens to sample at the end; 0 = none")->capture_default_str()->check(examples::AtLeast(0));
+  app.add_option("--sample-tokens", f.sample_tokens, "Tokens to sample at the end; 0 = none")
+      ->capture_default_str()
+      ->check(examples::AtLeast(0));
   app.add_option("--prompt", f.prompt, "Prompt of the final sample")->capture_default_str();
-  app.add_option("--temperature", f.temperature, "Sampling temperature; 0 = greedy")->capture_default_str()->check(examples::AtLeast(0));
-  app.add_option("--top-k", f.top_k, "Sample among the k most likely tokens; 0 = all")->capture_default_str()->check(examples::AtLeast(0));
+  app.add_option("--temperature", f.temperature, "Sampling temperature; 0 = greedy")
+      ->capture_default_str()
+      ->check(examples::AtLeast(0));
+  app.add_option("--top-k", f.top_k, "Sample among the k most likely tokens; 0 = all")
+      ->capture_default_str()
+      ->check(examples::AtLeast(0));
   app.add_flag("--quiet", f.quiet, "No progress bar");
-  app.add_flag("--raw", f.raw, "Print the sample's bytes exactly (default: invalid UTF-8 and control characters are replaced)");
+  app.add_flag("--raw", f.raw,
+               "Print the sample's bytes exactly (default: invalid UTF-8 and control characters "
+               "are replaced)");
   Ranks ranks;
 #if defined(STRATA_HAVE_MPI)
   app.add_flag("--deterministic-reduce", f.deterministic_reduce,
@@ -486,8 +554,8 @@ int main(int argc, char** argv) {
     return run(f, app, ranks);
   } catch (const strata::DivergenceError& e) {
     // Nothing is saved after a non-finite step: the checkpoint stays the last good one.
-    const std::string message = std::string(e.what()) + "\ntrain: stopped without saving; " +
-                                f.checkpoint + " is left as it was";
+    const std::string message = std::string(e.what()) + "\ntrain: stopped without saving; "
+                              + f.checkpoint + " is left as it was";
 #if defined(STRATA_HAVE_MPI)
     if (ranks.size > 1) strata::mpi::abort_all("train", message, 3);  // ends every rank
 #endif
@@ -497,8 +565,9 @@ int main(int argc, char** argv) {
 #if defined(STRATA_HAVE_MPI)
     if (ranks.size > 1) strata::mpi::abort_all("train", "out of memory");  // ends every rank
 #endif
-    std::fprintf(stderr, "\ntrain: error: out of memory (the model, batch or sequence length is too "
-                         "large for this machine)\n");
+    std::fprintf(stderr,
+                 "\ntrain: error: out of memory (the model, batch or sequence length is too "
+                 "large for this machine)\n");
     return 1;
   } catch (const std::exception& e) {
 #if defined(STRATA_HAVE_MPI)

@@ -27,6 +27,8 @@ import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "bench", "compare"))
+from machine import cpu_model, loadavg  # noqa: E402  (bench/compare/machine.py)
 
 
 def run(cmd, capture=False, capture_stderr=False):
@@ -120,6 +122,8 @@ def main():
         r["cmd"] = " ".join(os.path.relpath(c, ROOT) if c.startswith(ROOT) else c for c in cmd)
 
     # Positions per step are the same; parameters (and so FLOPs) differ by the V x C tables.
+    runs["machine"] = {"cpu": cpu_model(), "cpus": os.cpu_count(), "load_average_after": loadavg(),
+                       "date": time.strftime("%Y-%m-%d")}
     with open(os.path.join(a.out, "results.json"), "w") as f:
         json.dump({"args": vars(a), "runs": runs}, f, indent=1)
     report(a, runs)
@@ -136,6 +140,13 @@ def report(a, runs):
         f"{a.seed}. Validation text: the last {b['prepare']['val_bytes']} bytes of the corpus, the same "
         "for both.",
         "",
+    ]
+    if "machine" in runs:
+        m = runs["machine"]
+        lines += [f"Machine: {m['cpu']}, {m['cpus']} CPUs, {m['date']}; load average right after the "
+                  f"runs {m['load_average_after']}. Rerun: `/usr/bin/python3 scripts/bpe_vs_bytes.py"
+                  f"{' --steps %d' % a.steps if a.steps != 2000 else ''}`.", ""]
+    lines += [
         "| tokenizer | vocabulary | tokens per byte (whole corpus) | validation bits per byte | "
         "validation nats per token | parameters | training FLOPs (6 N x positions) | median tokens/s | "
         "wall time | prepare encode MB/s |",

@@ -20,7 +20,7 @@ runs are kept: running the same command again skips them and continues an interr
 is finished when its log has the final validation line; logs are written under a temporary name
 and renamed on success). Outputs under --out: runs/T<T>_B<B>/<arm>_s<seed>.{jsonl,json,stderr.txt}
 (train log, run record, train's messages), study.json, results.md, curves.png, attention_map.{json,
-txt,png}. See docs/study/README.md.
+txt,png}. See docs/results/study/README.md.
 """
 import argparse
 import datetime
@@ -104,7 +104,7 @@ def parse_args(argv):
         description="Variant study: trains every attention arm with the same seeds, data and budget "
                     "at several context lengths and reports validation losses, speed and curves.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="arms: " + ", ".join(ARM_NAMES) + "\nSee docs/study/README.md.")
+        epilog="arms: " + ", ".join(ARM_NAMES) + "\nSee docs/results/study/README.md.")
     p.add_argument("--build-dir", default=None,
                    help="CMake build directory holding examples/train and examples/attention_map; "
                         "configured and built if they are missing (default: build in the source tree)")

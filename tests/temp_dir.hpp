@@ -21,8 +21,8 @@ class TempDirTest : public ::testing::Test {
     const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
     std::string name = std::string(info->test_suite_name()) + "_" + info->name();
     std::replace(name.begin(), name.end(), '/', '_');
-    dir_ = std::filesystem::temp_directory_path() /
-           ("strata_" + std::to_string(::getpid()) + "_" + std::to_string(counter++) + "_" + name);
+    dir_ = std::filesystem::temp_directory_path()
+         / ("strata_" + std::to_string(::getpid()) + "_" + std::to_string(counter++) + "_" + name);
     std::filesystem::remove_all(dir_);
     ASSERT_TRUE(std::filesystem::create_directories(dir_));
   }

@@ -581,14 +581,16 @@ TEST(AttentionErrors, ForwardValidation) {
   const auto sources = strata::make_sources<double>({&k}, {&v}, NH, B);
   using strata::attention_forward;
   Matrix<double> lse_3(B * T, 3), lse_5(B * T - 1, NH), out_7(B * T, C - 1), out_8(B * T + 2, C);
-  expect_error([&] { attention_forward(out, lse_3, q, sources, B); },
-               "attention_forward: lse has 3 columns, expected 4 (n_head)");
-  expect_error([&] { attention_forward(out, lse_5, q, sources, B); },
-               "attention_forward: lse has 5 rows, expected 6 (as q)");
+  expect_error(
+      [&] { attention_forward(out, lse_3, q, sources, B); },
+      "attention_forward: lse has shape [6, 3], expected [6, 4] (rows as q, columns n_head)");
+  expect_error(
+      [&] { attention_forward(out, lse_5, q, sources, B); },
+      "attention_forward: lse has shape [5, 4], expected [6, 4] (rows as q, columns n_head)");
   expect_error([&] { attention_forward(out_7, lse, q, sources, B); },
-               "attention_forward: out has 7 columns, expected 8 (as q)");
+               "attention_forward: out has shape [6, 7], expected [6, 8] (rows and columns as q)");
   expect_error([&] { attention_forward(out_8, lse, q, sources, B); },
-               "attention_forward: out has 8 rows, expected 6 (as q)");
+               "attention_forward: out has shape [8, 8], expected [6, 8] (rows and columns as q)");
   expect_error([&] { attention_forward(out, lse, Matrix<double>(B * T, 10), sources, B); },
                "attention_forward: q has 10 columns, expected a positive multiple of 4 (n_head)");
   expect_error([&] { attention_forward(out, lse, Matrix<double>(B * T, 0), sources, B); },
@@ -671,14 +673,15 @@ TEST(AttentionErrors, BackwardValidation) {
       "attention_backward: source 0 of head 1 has a null dv (backward accumulates into it)");
   Matrix<double> dq_7(B * T, C + 1);
   expect_error([&] { attention_backward(dq_7, dout, q, out, lse, sources, B); },
-               "attention_backward: dq has 7 columns, expected 6 (as q)");
+               "attention_backward: dq has shape [4, 7], expected [4, 6] (rows and columns as q)");
   expect_error(
       [&] { attention_backward(dq, Matrix<double>(B * T + 1, C), q, out, lse, sources, B); },
-      "attention_backward: dout has 5 rows, expected 4 (as q)");
+      "attention_backward: dout has shape [5, 6], expected [4, 6] (rows and columns as q)");
   expect_error([&] { attention_backward(dq, dout, q, Matrix<double>(B * T, 2), lse, sources, B); },
-               "attention_backward: out has 2 columns, expected 6 (as q)");
-  expect_error([&] { attention_backward(dq, dout, q, out, Matrix<double>(B * T, 1), sources, B); },
-               "attention_backward: lse has 1 columns, expected 2 (n_head)");
+               "attention_backward: out has shape [4, 2], expected [4, 6] (rows and columns as q)");
+  expect_error(
+      [&] { attention_backward(dq, dout, q, out, Matrix<double>(B * T, 1), sources, B); },
+      "attention_backward: lse has shape [4, 1], expected [4, 2] (rows as q, columns n_head)");
   expect_error(
       [&] { attention_backward(dq, dout, Matrix<double>(B * T, 5), out, lse, sources, B); },
       "attention_backward: q has 5 columns, expected a positive multiple of 2 (n_head)");
@@ -692,12 +695,14 @@ TEST(AttentionErrors, SourceMassValidation) {
   const auto sources = strata::make_sources<double>({&k, &k}, {&v, &v}, NH, B);
   Matrix<double> mass_3(B * T, 3), mass_34(3, 4), mass_44(4, 4);
   expect_error([&] { strata::attention_source_mass(mass_3, q, lse, sources, B); },
-               "attention_source_mass: mass has 3 columns, expected 4 (n_head 2 x max sources per "
-               "head 2)");
+               "attention_source_mass: mass has shape [4, 3], expected [4, 4] (rows as q, columns "
+               "n_head x max sources per head)");
   expect_error([&] { strata::attention_source_mass(mass_34, q, lse, sources, B); },
-               "attention_source_mass: mass has 3 rows, expected 4 (as q)");
-  expect_error([&] { strata::attention_source_mass(mass_44, q, Matrix<double>(4, 3), sources, B); },
-               "attention_source_mass: lse has 3 columns, expected 2 (n_head)");
+               "attention_source_mass: mass has shape [3, 4], expected [4, 4] (rows as q, columns "
+               "n_head x max sources per head)");
+  expect_error(
+      [&] { strata::attention_source_mass(mass_44, q, Matrix<double>(4, 3), sources, B); },
+      "attention_source_mass: lse has shape [4, 3], expected [4, 2] (rows as q, columns n_head)");
 }
 
 TEST(AttentionErrors, SingleSourceValidation) {
@@ -707,10 +712,10 @@ TEST(AttentionErrors, SingleSourceValidation) {
   Matrix<double> lse(B * T, NH);
   expect_error(
       [&] { strata::attention_forward<double>(out, lse, q, Matrix<double>(B * T, 2), v, NH, B); },
-      "attention_forward: k has 2 columns, expected 4 (as q)");
+      "attention_forward: k has shape [6, 2], expected [6, 4] (rows and columns as q)");
   expect_error(
       [&] { strata::attention_forward<double>(out, lse, q, k, Matrix<double>(5, C), NH, B); },
-      "attention_forward: v has 5 rows, expected 6 (as q)");
+      "attention_forward: v has shape [5, 4], expected [6, 4] (rows and columns as q)");
   expect_error([&] { strata::attention_forward<double>(out, lse, q, k, v, 0, B); },
                "attention_forward: n_head is 0, expected at least 1");
   expect_error([&] { strata::attention_forward<double>(out, lse, q, k, v, 3, B); },
@@ -720,13 +725,13 @@ TEST(AttentionErrors, SingleSourceValidation) {
         Matrix<double> dk_2(B * T, 2);
         strata::attention_backward<double>(dq, dk_2, dv, dout, q, k, v, out, lse, NH, B);
       },
-      "attention_backward: dk has 2 columns, expected 4 (as q)");
+      "attention_backward: dk has shape [6, 2], expected [6, 4] (rows and columns as q)");
   expect_error(
       [&] {
         strata::attention_backward<double>(dq, dk, dv, dout, q, k, v, out, Matrix<double>(B * T, 1),
                                            NH, B);
       },
-      "attention_backward: lse has 1 columns, expected 2 (n_head)");
+      "attention_backward: lse has shape [6, 1], expected [6, 2] (rows as q, columns n_head)");
 }
 
 TEST(AttentionErrors, MakeSourcesValidation) {

@@ -23,9 +23,8 @@
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
-#include "strata/strata.hpp"
-
 #include "gradcheck.hpp"
+#include "strata/strata.hpp"
 #include "temp_dir.hpp"
 
 namespace {
@@ -543,9 +542,9 @@ TEST_F(Checkpoint, MissingOrBadConfigMetadata) {
   json j = strata::io::config_to_json(cfg);
   j.erase("n_layer");
   const std::string no_layers = with_config("nolayers.safetensors", j.dump());
-  EXPECT_EQ(error_of([&] { strata::load_model<float>(no_layers); }),
-            where(no_layers)
-                + "model configuration has no 'n_layer' (expected an integer in [1, 1024])");
+  EXPECT_EQ(
+      error_of([&] { strata::load_model<float>(no_layers); }),
+      where(no_layers) + "model configuration has no 'n_layer' (expected an integer in [1, 1024])");
 
   j = strata::io::config_to_json(cfg);
   j.erase("attention");
@@ -565,8 +564,7 @@ TEST_F(Checkpoint, MissingOrBadConfigMetadata) {
   j["attention"] = {{"kind", "skip_layer"}, {"distance", 1}, {"heads", 2}};
   const std::string half_plan = with_config("halfplan.safetensors", j.dump());
   EXPECT_EQ(error_of([&] { strata::load_model<float>(half_plan); }),
-            where(half_plan) + "malformed attention plan: "
-                + json_error_of([&] { (void)j.at("attention").at("mode"); }));
+            where(half_plan) + "attention recipe 'mode' is missing, expected a string");
 
   j = strata::io::config_to_json(cfg);
   j["n_embd"] = 15;

@@ -133,9 +133,10 @@ TEST_F(CheckpointLimits, WrongJsonTypesAreRefusedByName) {
             where(not_object) + "model configuration is [1,2] (an array), expected an object");
 }
 
-// Sizes within the limits that disagree with the tensors in the file are refused by the tensor
-// they would need, before a model is built: the n_embd case would need 2^46 parameters, so
-// reaching the allocation would end in std::bad_alloc instead of this message.
+// Sizes within the limits that the file cannot hold are refused before the plan is resolved or
+// anything is sized by them: a model of those sizes has more parameters than the file has tensor
+// elements. The n_embd case would need 2^49 parameters, so reaching the allocation would end in
+// std::bad_alloc instead of this message.
 TEST_F(CheckpointLimits, SizesAreCheckedAgainstTheTensorsBeforeAllocation) {
   GPT<float> model(small_config());
   auto with = [&](const std::string& key, Index value) {
@@ -144,21 +145,33 @@ TEST_F(CheckpointLimits, SizesAreCheckedAgainstTheTensorsBeforeAllocation) {
     const std::string path = write(key + ".safetensors", model, cfg);
     return error_of([&] { strata::load_model<float>(path); }).substr(where(path).size());
   };
-  EXPECT_EQ(with("n_layer", 1024), "has no tensor 'transformer.h.3.ln_1.weight'");
+  EXPECT_EQ(with("n_layer", 1024),
+            "model configuration (vocab_size 50, context_length 16, n_layer 1024, n_embd 16, "
+            "mlp_ratio 4) needs at least 3146784 parameters, but the file holds 10928 tensor "
+            "elements in all");
   EXPECT_EQ(with("context_length", 1 << 20),
-            "tensor 'transformer.wpe.weight' has shape [16, 16], expected [1048576, 16]");
+            "model configuration (vocab_size 50, context_length 1048576, n_layer 3, n_embd 16, "
+            "mlp_ratio 4) needs at least 16787232 parameters, but the file holds 10928 tensor "
+            "elements in all");
   EXPECT_EQ(with("vocab_size", 1 << 24),
-            "tensor 'transformer.wte.weight' has shape [50, 16], expected [16777216, 16]");
+            "model configuration (vocab_size 16777216, context_length 16, n_layer 3, n_embd 16, "
+            "mlp_ratio 4) needs at least 268444928 parameters, but the file holds 10928 tensor "
+            "elements in all");
   json cfg = strata::io::config_to_json(model.config());
   cfg["n_embd"] = 65536;
   cfg["n_head"] = 1024;
   cfg["n_layer"] = 1024;
   cfg["mlp_ratio"] = 64;
   const std::string big = write("big.safetensors", model, cfg);
-  EXPECT_EQ(
-      error_of([&] { strata::load_model<float>(big); }),
-      where(big) + "tensor 'transformer.wte.weight' has shape [50, 16], expected [50, 65536]");
+  EXPECT_EQ(error_of([&] { strata::load_model<float>(big); }),
+            where(big) + "model configuration (vocab_size 50, context_length 16, n_layer 1024, "
+                         "n_embd 65536, mlp_ratio 64) needs at least 580542143791104 parameters, "
+                         "but the file holds 10928 tensor elements in all");
 
+  // Sizes the file could hold but its tensors do not match: named by the first tensor that
+  // differs, still before a model is built.
+  EXPECT_EQ(with("context_length", 20),
+            "tensor 'transformer.wpe.weight' has shape [16, 16], expected [20, 16]");
   // Fewer layers than the file holds: the extra tensors are not parameters of that model.
   EXPECT_EQ(with("n_layer", 2),
             "unexpected tensor 'transformer.h.2.ln_1.weight' (not a parameter of this model)");
@@ -166,20 +179,34 @@ TEST_F(CheckpointLimits, SizesAreCheckedAgainstTheTensorsBeforeAllocation) {
 
 TEST_F(CheckpointLimits, ShortcutFeatureWidthIsBounded) {
   GPT<float> model(small_config(AttentionPlan::shortcut()));
-  json cfg = strata::io::config_to_json(model.config());
-  // a file that says so consistently: the recipe and every feature map of its table
-  cfg["attention"]["recipe"]["feature_width"] = Index(1) << 40;
+  const json saved = strata::io::config_to_json(model.config());
+  // every feature map of the table
+  json cfg = saved;
   for (json& f : cfg["attention"]["features"]) f["width"] = Index(1) << 40;
   const std::string path = write("wide.safetensors", model, cfg);
   EXPECT_EQ(error_of([&] { strata::load_model<float>(path); }),
             where(path) + "model configuration: shortcut feature width 1099511627776, expected an "
                           "integer in [1, 65536]");
+  // the recipe's setting
+  cfg = saved;
+  cfg["attention"]["recipe"]["feature_width"] = Index(1) << 40;
+  const std::string recipe = write("wide_recipe.safetensors", model, cfg);
+  EXPECT_EQ(error_of([&] { strata::load_model<float>(recipe); }),
+            where(recipe) + "attention recipe 'feature_width' is 1099511627776, expected an "
+                            "integer in [0, 65536]");
 }
 
 // The same huge n_layer under an address-space limit of 4 GB (as `ulimit -v 4000000`) (in a child
 // process): refused with the message, never std::bad_alloc or the kernel's OOM killer.
 TEST_F(CheckpointLimits, HugeLayerCountUnderAMemoryLimit) {
-#if defined(__SANITIZE_ADDRESS__)
+#if defined(__SANITIZE_ADDRESS__)  // g++
+#define STRATA_TEST_ASAN 1
+#elif defined(__has_feature)  // clang
+#if __has_feature(address_sanitizer)
+#define STRATA_TEST_ASAN 1
+#endif
+#endif
+#if defined(STRATA_TEST_ASAN)
   // AddressSanitizer maps terabytes of shadow memory up front: an address-space limit cannot
   // apply to a sanitized process. The unsanitized builds run this test.
   GTEST_SKIP() << "an address-space limit (RLIMIT_AS) and AddressSanitizer exclude each other";
@@ -196,7 +223,8 @@ TEST_F(CheckpointLimits, HugeLayerCountUnderAMemoryLimit) {
     rlimit limit{Index(4) << 30, Index(4) << 30};
     ::setrlimit(RLIMIT_AS, &limit);
     const std::string e = error_of([&] { strata::load_model<float>(path); });
-    ::_exit(e.find("tensor 'transformer.wte.weight' has shape [50, 16], expected [50, 65536]")
+    ::_exit(e.find("needs at least 51539611877376 parameters, but the file holds 10928 tensor "
+                   "elements in all")
                     != std::string::npos
                 ? 0
                 : 1);

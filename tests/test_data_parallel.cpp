@@ -58,7 +58,8 @@ TEST_P(GradientHook, RangesAreFinalDisjointAndCoverTheArena) {
   // shortcut model: its maps follow the blocks in the arena and are final only after it).
   Index top = L - 1;
   for (Index b = 0; b < L - 1; ++b)
-    if (model.layout().contains("transformer.h." + std::to_string(b) + ".shortcut.embed.ln.weight")) {
+    if (model.layout().contains("transformer.h." + std::to_string(b)
+                                + ".shortcut.embed.ln.weight")) {
       top = b;
       break;
     }

@@ -94,7 +94,7 @@ TokenMatrix as_row(const std::vector<Token>& seq) {
 template <typename S>
 class ModelTyped : public ::testing::Test {};
 using Scalars = ::testing::Types<float, double>;
-TYPED_TEST_SUITE(ModelTyped, Scalars);
+TYPED_TEST_SUITE(ModelTyped, Scalars, ::testing::internal::DefaultNameGenerator);
 
 // ------------------------------------------------------------------------------------------------
 // forward and loss against the naive reference
@@ -336,6 +336,21 @@ TEST(ModelKVCache, Errors) {
   expect_error([&] { model.forward_cached(random_tokens(1, 1, s.V, rng), foreign); },
                "GPT::forward_cached: the cache was not made by a model of this configuration");
   expect_error([&] { model.make_cache(0); }, "GPT::make_cache: batch 0, expected >= 1");
+  expect_error([&] { model.make_cache(1, 9); },
+               "GPT::make_cache: capacity 9, expected 0 (the context length) to 8");
+
+  // A smaller cache (what generate() makes for a short continuation) holds just that many
+  // positions, decodes the same logits, and refuses the position after its last.
+  strata::KVCache<float> small = model.make_cache(1, 3);
+  EXPECT_EQ(small.capacity(), 3);
+  EXPECT_EQ(small.bytes() * 8, model.make_cache(1).bytes() * 3);
+  const strata::TokenMatrix three = random_tokens(1, 3, s.V, rng);
+  cache.clear();
+  const Matrix<float> full = model.forward_cached(three, cache);
+  EXPECT_EQ(model.forward_cached(three, small), full);
+  expect_error([&] { model.forward_cached(random_tokens(1, 1, s.V, rng), small); },
+               "GPT::forward_cached: the cache holds 3 of 3 positions; 1 more tokens do not fit "
+               "(clear the cache or start a shorter window)");
 }
 
 // ------------------------------------------------------------------------------------------------

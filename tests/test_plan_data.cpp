@@ -198,6 +198,32 @@ TEST(PlanJson, MalformedEntriesNameWhatIsWrong) {
                "dense_shortcut, custom");
   expect_error([&] { parse("[1, 2]"); },
                "plan.json: an attention plan must be a JSON object, found [1,2]");
+  // recipe settings: type and range checked, never cast (a float or a huge number is named)
+  expect_error([&] { parse("{\"kind\": \"skip_layer\", \"distance\": 1e300}"); },
+               "plan.json: attention recipe 'distance' is 1e+300, expected an integer in "
+               "[1, 1048576]");
+  expect_error([&] { parse("{\"kind\": \"skip_layer\", \"distance\": 1, \"heads\": -1}"); },
+               "plan.json: attention recipe 'heads' is -1, expected an integer in [0, 1048576]");
+  expect_error([&] { parse("{\"kind\": \"skip_layer\", \"distance\": 1, \"heads\": 2}"); },
+               "plan.json: attention recipe 'mode' is missing, expected a string");
+  expect_error([&] { parse("{\"kind\": \"shortcut\", \"depths\": [1, 2.5]}"); },
+               "plan.json: attention recipe 'depths' holds 2.5, expected integers in [0, 1024]");
+  expect_error([&] { parse("{\"kind\": \"shortcut\", \"depths\": 3}"); },
+               "plan.json: attention recipe 'depths' is 3, expected an array of depths "
+               "(integers in [0, 1024])");
+  expect_error(
+      [&] { parse("{\"kind\": \"dense_shortcut\", \"feature_width\": 18446744073709551615}"); },
+      "plan.json: attention recipe 'feature_width' is 18446744073709551615, expected an "
+      "integer in [0, 65536]");
+  expect_error(
+      [&] {
+        parse(
+            "{\"kind\": \"dense_shortcut\", \"feature_width\": 0, "
+            "\"include_embeddings\": 1}");
+      },
+      "plan.json: attention recipe 'include_embeddings' is 1, expected true or false");
+  expect_error([&] { parse("{\"kind\": 7}"); },
+               "plan.json: attention recipe 'kind' is 7, expected a string");
   EXPECT_THROW(parse("{\"table\": [[[{\"layer\": 0,"), strata::Error);  // not JSON
 
   // errors found when the plan meets the model's sizes (L = 4, NH = 4)

@@ -23,9 +23,8 @@
 
 #include <gtest/gtest.h>
 
-#include "strata/io/safetensors.hpp"
-
 #include "gradcheck.hpp"
+#include "strata/io/safetensors.hpp"
 #include "temp_dir.hpp"
 
 namespace {

@@ -20,9 +20,8 @@
 
 #include <gtest/gtest.h>
 
-#include "strata/strata.hpp"
-
 #include "gradcheck.hpp"
+#include "strata/strata.hpp"
 #include "temp_dir.hpp"
 
 namespace {

@@ -151,7 +151,7 @@ std::vector<Case> variant_cases() {
 template <typename S>
 class VariantsTyped : public ::testing::Test {};
 using Scalars = ::testing::Types<float, double>;
-TYPED_TEST_SUITE(VariantsTyped, Scalars);
+TYPED_TEST_SUITE(VariantsTyped, Scalars, ::testing::internal::DefaultNameGenerator);
 
 // ------------------------------------------------------------------------------------------------
 // the plan table against SPEC.md

@@ -3,8 +3,9 @@
 // the same lines `torch_train.py --check-batches N` prints, so the two can be diffed.
 // Bytes hashed: for each batch, x then y as little-endian int32 [B, T], row-major.
 //
-//   g++ -std=c++17 -O2 -I/work/main/include -I/usr/include/eigen3 bench/compare/batch_hash.cpp -o /tmp/batch_hash
-//   /tmp/batch_hash --batches 50 [--data examples/data/moby_dick.txt] [--batch 16] [--context 128] [--seed 1]
+//   g++ -std=c++17 -O2 -I/work/main/include -I/usr/include/eigen3 bench/compare/batch_hash.cpp -o
+//   /tmp/batch_hash /tmp/batch_hash --batches 50 [--data examples/data/moby_dick.txt] [--batch 16]
+//   [--context 128] [--seed 1]
 //                   [--eval-batches 20] [--val-fraction 0.1] [--out FILE]
 #include <cstdint>
 #include <cstdio>
@@ -60,8 +61,8 @@ class Sha256 {
         0xc67178f2};
     std::uint32_t w[64];
     for (int i = 0; i < 16; ++i)
-      w[i] = std::uint32_t(buf_[4 * i]) << 24 | std::uint32_t(buf_[4 * i + 1]) << 16 |
-             std::uint32_t(buf_[4 * i + 2]) << 8 | std::uint32_t(buf_[4 * i + 3]);
+      w[i] = std::uint32_t(buf_[4 * i]) << 24 | std::uint32_t(buf_[4 * i + 1]) << 16
+           | std::uint32_t(buf_[4 * i + 2]) << 8 | std::uint32_t(buf_[4 * i + 3]);
     for (int i = 16; i < 64; ++i) {
       const std::uint32_t s0 = rotr(w[i - 15], 7) ^ rotr(w[i - 15], 18) ^ (w[i - 15] >> 3);
       const std::uint32_t s1 = rotr(w[i - 2], 17) ^ rotr(w[i - 2], 19) ^ (w[i - 2] >> 10);
@@ -72,7 +73,8 @@ class Sha256 {
     for (int i = 0; i < 64; ++i) {
       const std::uint32_t t1 =
           h + (rotr(e, 6) ^ rotr(e, 11) ^ rotr(e, 25)) + ((e & f) ^ (~e & g)) + K[i] + w[i];
-      const std::uint32_t t2 = (rotr(a, 2) ^ rotr(a, 13) ^ rotr(a, 22)) + ((a & b) ^ (a & c) ^ (b & c));
+      const std::uint32_t t2 =
+          (rotr(a, 2) ^ rotr(a, 13) ^ rotr(a, 22)) + ((a & b) ^ (a & c) ^ (b & c));
       h = g, g = f, f = e, e = d + t1, d = c, c = b, b = a, a = t1 + t2;
     }
     h_[0] += a, h_[1] += b, h_[2] += c, h_[3] += d, h_[4] += e, h_[5] += f, h_[6] += g, h_[7] += h;
@@ -119,18 +121,27 @@ int main(int argc, char** argv) {
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     if (i + 1 >= argc) {
-      std::fprintf(stderr, "batch_hash: %s needs a value (see the comment at the top)\n", a.c_str());
+      std::fprintf(stderr, "batch_hash: %s needs a value (see the comment at the top)\n",
+                   a.c_str());
       return 2;
     }
     const char* v = argv[++i];
-    if (a == "--data") data = v;
-    else if (a == "--out") out = v;
-    else if (a == "--batches") batches = std::atoll(v);
-    else if (a == "--batch") B = std::atoll(v);
-    else if (a == "--context" || a == "--seq-len") T = std::atoll(v);
-    else if (a == "--eval-batches") eval_batches = std::atoll(v);
-    else if (a == "--seed") seed = std::strtoull(v, nullptr, 10);
-    else if (a == "--val-fraction") val_fraction = std::atof(v);
+    if (a == "--data")
+      data = v;
+    else if (a == "--out")
+      out = v;
+    else if (a == "--batches")
+      batches = std::atoll(v);
+    else if (a == "--batch")
+      B = std::atoll(v);
+    else if (a == "--context" || a == "--seq-len")
+      T = std::atoll(v);
+    else if (a == "--eval-batches")
+      eval_batches = std::atoll(v);
+    else if (a == "--seed")
+      seed = std::strtoull(v, nullptr, 10);
+    else if (a == "--val-fraction")
+      val_fraction = std::atof(v);
     else {
       std::fprintf(stderr, "batch_hash: unknown flag %s\n", a.c_str());
       return 2;

@@ -20,7 +20,7 @@ from machine import cpu_model  # bench/compare/machine.py
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
-PLANS = ["standard", "skip_split", "skip_concat", "shortcut"]
+PLANS = ["standard", "skip_split", "skip_concat", "shortcut", "dense_shortcut"]
 
 
 def main():

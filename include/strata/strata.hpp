@@ -1,27 +1,22 @@
 // strata/strata.hpp: everything. Each folder's headers can also be included alone.
 #pragma once
 
+#include "attention/plan.hpp"
 #include "core/error.hpp"
 #include "core/rng.hpp"
 #include "core/threading.hpp"
 #include "core/types.hpp"
-
 #include "kernels/attention.hpp"
 #include "kernels/cross_entropy.hpp"
 #include "kernels/embedding.hpp"
 #include "kernels/gelu.hpp"
 #include "kernels/layernorm.hpp"
 #include "kernels/linear.hpp"
-
-#include "attention/plan.hpp"
-
 #include "model/config.hpp"
 #include "model/gpt.hpp"
 #include "model/parameters.hpp"
 #include "model/sampling.hpp"
-
 #include "text/text.hpp"
-
 #include "train/adamw.hpp"
 #include "train/data.hpp"
 

@@ -209,7 +209,9 @@ ModelOutput model_forward(const GPT<S>& model, const TokenMatrix& tokens,
   ModelOutput result;
   std::vector<Mat> qkv(L);  // per block [N, 3C]: q | k | v, head h at column h*hs of each block
   // the final block's depths: a layer source of block s reads h_s, a feature source its depth
-  for (const auto& src : table[L - 1][0]) result.depths.push_back(int(src.index));
+  // (of every head: the heads of one block may read different sources, as skip-layer heads do)
+  for (const auto& head : table[L - 1])
+    for (const auto& src : head) result.depths.push_back(int(src.index));
   std::sort(result.depths.begin(), result.depths.end());
   result.depths.erase(std::unique(result.depths.begin(), result.depths.end()), result.depths.end());
   result.depth_mass = Mat::Zero(N, Index(result.depths.size()));

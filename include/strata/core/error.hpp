@@ -34,9 +34,9 @@ template <typename... Parts>
 }  // namespace strata
 
 /// Validates a caller-visible condition; on failure throws strata::Error built from the pieces.
-#define STRATA_CHECK(cond, ...)                   \
-  do {                                            \
-    if (!(cond)) ::strata::fail(__VA_ARGS__);     \
+#define STRATA_CHECK(cond, ...)               \
+  do {                                        \
+    if (!(cond)) ::strata::fail(__VA_ARGS__); \
   } while (0)
 
 /// Internal invariant (a bug in strata if it fires). Define STRATA_ASSERT before including any

@@ -2,11 +2,12 @@
 // in a STRATA_USE_BLAS build, the BLAS library's threads).
 #pragma once
 
-#include <Eigen/Core>
 #include <algorithm>
 #include <cstdlib>
 #include <string>
 #include <thread>
+
+#include <Eigen/Core>
 
 #include "error.hpp"
 
@@ -57,8 +58,8 @@ inline std::string product_backend() {
 inline int simd_bits_of_openblas_core(const std::string& core) {
   for (const char* wide : {"SkylakeX", "Cooperlake", "SapphireRapids", "Zen4", "Zen5"})
     if (core == wide) return 512;
-  for (const char* avx : {"Haswell", "Zen", "Sandybridge", "Excavator", "Steamroller",
-                          "Piledriver", "Bulldozer", "AlderLake"})
+  for (const char* avx : {"Haswell", "Zen", "Sandybridge", "Excavator", "Steamroller", "Piledriver",
+                          "Bulldozer", "AlderLake"})
     if (core == avx) return 256;
   for (const char* sse : {"Prescott", "Core2", "Penryn", "Dunnington", "Nehalem", "Atom",
                           "Barcelona", "Opteron", "Katmai", "Coppermine", "Northwood"})
@@ -100,22 +101,22 @@ inline std::string kernel_width_warnings() {
   if (cpu == 0) return out;
   const int eigen = compiled_simd_bits();
   if (eigen > 0 && eigen < cpu)
-    out += "warning: strata was compiled for " + std::to_string(eigen) +
-           "-bit SIMD, but this CPU runs " + std::to_string(cpu) +
-           "-bit: build with -march=native (CMake: -DSTRATA_NATIVE=ON) for up to " +
-           std::to_string(cpu / eigen) + "x faster kernels\n";
+    out += "warning: strata was compiled for " + std::to_string(eigen)
+         + "-bit SIMD, but this CPU runs " + std::to_string(cpu)
+         + "-bit: build with -march=native (CMake: -DSTRATA_NATIVE=ON) for up to "
+         + std::to_string(cpu / eigen) + "x faster kernels\n";
 #if defined(EIGEN_USE_BLAS) && defined(STRATA_HAVE_OPENBLAS)
   const std::string core = openblas_get_corename();
   const int blas = simd_bits_of_openblas_core(core);
   if (blas > 0 && blas < cpu) {
     const char* env = std::getenv("OPENBLAS_CORETYPE");
-    out += "warning: OpenBLAS runs its " + core + " kernels (" + std::to_string(blas) +
-           "-bit), but this CPU runs " + std::to_string(cpu) + "-bit SIMD: products may run up to " +
-           std::to_string(cpu / blas) + "x slower than the CPU allows";
+    out += "warning: OpenBLAS runs its " + core + " kernels (" + std::to_string(blas)
+         + "-bit), but this CPU runs " + std::to_string(cpu) + "-bit SIMD: products may run up to "
+         + std::to_string(cpu / blas) + "x slower than the CPU allows";
     if (env && *env)
-      out += std::string("; OPENBLAS_CORETYPE=") + env +
-             " is set in the environment: set it to " + (cpu == 512 ? "SkylakeX" : "Haswell") +
-             " for this command (if this OpenBLAS runs correctly on the CPU) or unset it";
+      out += std::string("; OPENBLAS_CORETYPE=") + env + " is set in the environment: set it to "
+           + (cpu == 512 ? "SkylakeX" : "Haswell")
+           + " for this command (if this OpenBLAS runs correctly on the CPU) or unset it";
     out += "\n";
   }
 #endif

@@ -1,8 +1,9 @@
 // strata/core/types.hpp: index type and the Eigen matrix aliases used throughout.
 #pragma once
 
-#include <Eigen/Core>
 #include <cstdint>
+
+#include <Eigen/Core>
 
 #if !EIGEN_VERSION_AT_LEAST(3, 4, 0)
 #error "strata needs Eigen 3.4 or newer"

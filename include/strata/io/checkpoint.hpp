@@ -5,10 +5,11 @@
 
 #include <map>
 #include <memory>
-#include <nlohmann/json.hpp>
 #include <string>
 #include <type_traits>
 #include <vector>
+
+#include <nlohmann/json.hpp>
 
 #include "../core/error.hpp"
 #include "../model/gpt.hpp"
@@ -50,6 +51,9 @@ inline ModelConfig read_config(const SafetensorsFile& file) {
   } catch (const nlohmann::json::exception& e) {
     fail(where, ": 'strata.config' is not valid JSON: ", e.what());
   }
+  ModelConfig sizes;
+  read_model_sizes(j, sizes, where);
+  check_sizes_fit_file(file, sizes, where);
   return config_from_json(j, where);
 }
 

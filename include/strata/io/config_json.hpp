@@ -149,43 +149,80 @@ inline std::vector<FeatureMap> features_from_json(const nlohmann::json& f,
   return out;
 }
 
-/// A recipe object {"kind": ..., settings}; errors of nlohmann (a missing or mistyped key) become
-/// "malformed attention plan: ...".
+/// An integer setting of a recipe, read with its type and range checked (a JSON float or a number
+/// beyond the range is an error naming the key, never a silent cast).
+inline int recipe_int(const nlohmann::json& j, const char* key, Index lo,
+                      const std::string& where) {
+  return static_cast<int>(read_bounded(
+      j, key, lo, ModelLimits::max_n_layer * ModelLimits::max_n_head, where, "attention recipe"));
+}
+
+inline long recipe_width(const nlohmann::json& j, const std::string& where) {
+  return static_cast<long>(read_bounded(j, "feature_width", 0, ModelLimits::max_feature_width,
+                                        where, "attention recipe"));
+}
+
+inline bool recipe_bool(const nlohmann::json& j, const char* key, const std::string& where) {
+  const auto it = j.find(key);
+  if (it == j.end() || !it->is_boolean())
+    fail(where, ": attention recipe '", key, "' is ",
+         it == j.end() ? std::string("missing") : detail::value_text(*it),
+         ", expected true or false");
+  return it->get<bool>();
+}
+
+inline std::string recipe_string(const nlohmann::json& j, const char* key,
+                                 const std::string& where) {
+  const auto it = j.find(key);
+  if (it == j.end() || !it->is_string())
+    fail(where, ": attention recipe '", key, "' is ",
+         it == j.end() ? std::string("missing") : detail::value_text(*it), ", expected a string");
+  return it->get<std::string>();
+}
+
+/// A recipe object {"kind": ..., settings}. Every setting is read with its type and range checked,
+/// one key at a time, so the first missing or mistyped one is the one named.
 inline AttentionPlan recipe_from_json(const nlohmann::json& j, const std::string& where) {
   if (!j.is_object()) fail(where, ": an attention plan must be a JSON object, found ", j.dump());
-  try {
-    const std::string kind = j.at("kind").get<std::string>();
-    if (kind == "standard") return AttentionPlan::standard();
-    // Keys are read one statement at a time, so the first missing one is the one named.
-    if (kind == "skip_layer") {
-      const int distance = j.at("distance").get<int>();
-      const int heads = j.at("heads").get<int>();
-      const SkipMode mode = parse_skip_mode(j.at("mode").get<std::string>());
-      return AttentionPlan::skip_layer(distance, heads, mode);
-    }
-    if (kind == "shortcut") {
-      std::vector<int> depths = j.at("depths").get<std::vector<int>>();
-      const long feature_width = j.at("feature_width").get<long>();
-      const bool embeddings = j.at("include_embeddings").get<bool>();
-      return AttentionPlan::shortcut(std::move(depths), feature_width, embeddings);
-    }
-    if (kind == "dense_shortcut") {
-      const long feature_width = j.at("feature_width").get<long>();
-      const bool embeddings = j.at("include_embeddings").get<bool>();
-      return AttentionPlan::dense_shortcut(feature_width, embeddings);
-    }
-    if (kind == "custom") {
-      // version 0.1.0 stored custom tables as {"kind": "custom", "table": [[[{"layer", "head"}]]]}
-      if (!j.contains("table"))
-        fail(where, ": a custom plan needs a 'table' (see docs/plan_schema.md)");
-      return AttentionPlan::custom(table_from_json(j.at("table"), where),
-                                   j.value("feature_width", 0L));
-    }
-    fail(where, ": attention kind '", kind,
-         "' is not one of: standard, skip_layer, shortcut, dense_shortcut, custom");
-  } catch (const nlohmann::json::exception& e) {
-    fail(where, ": malformed attention plan: ", e.what());
+  const std::string kind = recipe_string(j, "kind", where);
+  if (kind == "standard") return AttentionPlan::standard();
+  if (kind == "skip_layer") {
+    const int distance = recipe_int(j, "distance", 1, where);
+    const int heads = recipe_int(j, "heads", 0, where);
+    const SkipMode mode = parse_skip_mode(recipe_string(j, "mode", where));
+    return AttentionPlan::skip_layer(distance, heads, mode);
   }
+  if (kind == "shortcut") {
+    const auto d = j.find("depths");
+    if (d == j.end() || !d->is_array())
+      fail(where, ": attention recipe 'depths' is ",
+           d == j.end() ? std::string("missing") : detail::value_text(*d),
+           ", expected an array of depths (integers in [0, ", ModelLimits::max_n_layer, "])");
+    std::vector<int> depths;
+    for (const nlohmann::json& v : *d) {
+      if (!v.is_number_integer() || v.get<Index>() < 0 || v.get<Index>() > ModelLimits::max_n_layer)
+        fail(where, ": attention recipe 'depths' holds ", detail::value_text(v),
+             ", expected integers in [0, ", ModelLimits::max_n_layer, "]");
+      depths.push_back(static_cast<int>(v.get<Index>()));
+    }
+    const long feature_width = recipe_width(j, where);
+    const bool embeddings = recipe_bool(j, "include_embeddings", where);
+    return AttentionPlan::shortcut(std::move(depths), feature_width, embeddings);
+  }
+  if (kind == "dense_shortcut") {
+    const long feature_width = recipe_width(j, where);
+    const bool embeddings = recipe_bool(j, "include_embeddings", where);
+    return AttentionPlan::dense_shortcut(feature_width, embeddings);
+  }
+  if (kind == "custom") {
+    // version 0.1.0 stored custom tables as {"kind": "custom", "table": [[[{"layer", "head"}]]]}
+    if (!j.contains("table"))
+      fail(where, ": a custom plan needs a 'table' (see docs/plan_schema.md)");
+    const long feature_width = j.contains("feature_width") ? recipe_width(j, where) : 0L;
+    return AttentionPlan::custom(table_from_json(j.at("table"), where), feature_width);
+  }
+  fail(where, ": attention kind '", kind,
+       "' is not one of: standard, skip_layer, shortcut, dense_shortcut, custom");
 }
 
 }  // namespace plan_json
@@ -220,11 +257,14 @@ inline nlohmann::json plan_to_json(const AttentionPlan& plan, Index n_layer, Ind
 /// "feature_width", "label"}). The schema is docs/plan_schema.md. `where` prefixes error
 /// messages; every malformed entry is a strata::Error naming its place, what was expected and
 /// what was found. Sizes (layer and head counts, causality) are checked when the plan is resolved
-/// for a model (AttentionPlan::resolve, ModelConfig::validate). Safe on any JSON value.
-inline AttentionPlan plan_from_json(const nlohmann::json& j, const std::string& where);
+/// for a model (AttentionPlan::resolve, ModelConfig::validate). Safe on any JSON value. n_embd,
+/// when known (> 0), is the model width that a recipe's feature width 0 stands for.
+inline AttentionPlan plan_from_json(const nlohmann::json& j, const std::string& where,
+                                    Index n_embd = 0);
 
 namespace plan_json {
-inline AttentionPlan plan_from_json_impl(const nlohmann::json& j, const std::string& where) {
+inline AttentionPlan plan_from_json_impl(const nlohmann::json& j, const std::string& where,
+                                         Index n_embd) {
   if (!j.is_object()) fail(where, ": an attention plan must be a JSON object, found ", j.dump());
   if (!j.contains("table")) {
     if (!j.contains("kind"))
@@ -263,9 +303,10 @@ inline AttentionPlan plan_from_json_impl(const nlohmann::json& j, const std::str
   if (j.contains("recipe") && !custom_recipe) {
     // Keep the recipe (its kind and settings) when it wires exactly what the table and feature
     // maps say; otherwise, or when it does not fit these sizes, the table wins. A feature width of
-    // 0 in the recipe means C, which is then the width of every listed map.
-    const AttentionPlan recipe = plan_json::recipe_from_json(j.at("recipe"), where + ": recipe");
-    const Index C = r.features.empty() ? 1 : r.features[0].width;
+    // 0 in the recipe means C: the model's n_embd when the caller knows it (a checkpoint), else
+    // (a plan file) the width of the first listed map.
+    const AttentionPlan recipe = plan_json::recipe_from_json(j.at("recipe"), where);
+    const Index C = n_embd > 0 ? n_embd : r.features.empty() ? 1 : r.features[0].width;
     if (!recipe.is_custom() && r.n_head > 0) {
       try {
         if (same_wiring(recipe.resolve(r.n_layer, r.n_head, C), r)) return recipe;
@@ -277,9 +318,10 @@ inline AttentionPlan plan_from_json_impl(const nlohmann::json& j, const std::str
 }
 }  // namespace plan_json
 
-inline AttentionPlan plan_from_json(const nlohmann::json& j, const std::string& where) {
+inline AttentionPlan plan_from_json(const nlohmann::json& j, const std::string& where,
+                                    Index n_embd) {
   try {
-    return plan_json::plan_from_json_impl(j, where);
+    return plan_json::plan_from_json_impl(j, where, n_embd);
   } catch (const nlohmann::json::exception& e) {
     fail(where, ": malformed attention plan: ", e.what());
   }
@@ -321,7 +363,7 @@ inline ModelConfig config_from_json(const nlohmann::json& j, const std::string& 
   ModelConfig c;
   read_model_sizes(j, c, where);  // types and fixed limits (limits.hpp), before any allocation
   if (!j.contains("attention")) fail(where, ": model configuration has no 'attention' plan");
-  c.attention = plan_from_json(j.at("attention"), where);
+  c.attention = plan_from_json(j.at("attention"), where, c.n_embd);
   try {
     c.validate();
   } catch (const Error& e) {

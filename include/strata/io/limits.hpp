@@ -113,6 +113,32 @@ inline void read_model_sizes(const nlohmann::json& j, ModelConfig& c, const std:
   c.seed = read_unsigned(j, "seed", where, what);
 }
 
+/// A lower bound of the parameter count of every model with c's sizes, whatever its plan: the
+/// embeddings and each block's four weight matrices. Sizes within ModelLimits cannot overflow it.
+inline Index min_parameter_count(const ModelConfig& c) {
+  const Index C = c.n_embd, H = c.mlp_ratio * C;
+  return (c.vocab_size + c.context_length) * C + c.n_layer * (4 * C * C + 2 * H * C);
+}
+
+/// Checks that the file holds at least as many tensor elements as a model of c's sizes has
+/// parameters, before the plan is resolved or anything is sized by the configuration: a small
+/// file cannot describe a large model. (check_tensors_match later checks names and shapes.)
+inline void check_sizes_fit_file(const SafetensorsFile& file, const ModelConfig& c,
+                                 const std::string& where) {
+  Index held = 0;  // each shape was checked against the file's byte range when it was read
+  for (const std::string& name : file.names()) {
+    Index n = 1;
+    for (const Index d : file.shape(name)) n *= d;
+    held += n;
+  }
+  const Index need = min_parameter_count(c);
+  if (need > held)
+    fail(where, ": model configuration (vocab_size ", c.vocab_size, ", context_length ",
+         c.context_length, ", n_layer ", c.n_layer, ", n_embd ", c.n_embd, ", mlp_ratio ",
+         c.mlp_ratio, ") needs at least ", need, " parameters, but the file holds ", held,
+         " tensor elements in all");
+}
+
 /// Checks, before a model is built, that the file holds exactly the parameter tensors of cfg with
 /// their shapes (plus optimizer moments, "optimizer.m./v." + a parameter name, when present).
 /// Messages match those of the copy that follows: "has no tensor 'x'", "unexpected tensor 'x'",

@@ -101,7 +101,9 @@ void attention_forward(MatrixRef<detail::NoDeduce<Scalar>> out,
                        ConstMatrixRef<detail::NoDeduce<Scalar>> q,
                        const AttentionSources<Scalar>& sources, Index B, Index q_pos = 0) {
   const char* fn = "attention_forward";
-  const auto [NH, hs, Tq] = detail::check_call(fn, q.rows(), q.cols(), sources, B, q_pos);
+  // (named variables, not a structured binding: C++17 lambdas cannot capture those; clang refuses)
+  const detail::CallSizes sizes = detail::check_call(fn, q.rows(), q.cols(), sources, B, q_pos);
+  const Index NH = sizes.NH, hs = sizes.hs, Tq = sizes.Tq;
   detail::check_rows_cols(fn, "out", out.rows(), out.cols(), q.rows(), q.cols(), "as q", "as q");
   detail::check_rows_cols(fn, "lse", lse.rows(), lse.cols(), q.rows(), NH, "as q", "n_head");
   detail::check_sources(fn, sources, hs, Tq, q_pos, false);
@@ -121,7 +123,8 @@ void attention_backward(MatrixRef<detail::NoDeduce<Scalar>> dq,
                         ConstMatrixRef<detail::NoDeduce<Scalar>> lse,
                         const AttentionSources<Scalar>& sources, Index B, Index q_pos = 0) {
   const char* fn = "attention_backward";
-  const auto [NH, hs, Tq] = detail::check_call(fn, q.rows(), q.cols(), sources, B, q_pos);
+  const detail::CallSizes sizes = detail::check_call(fn, q.rows(), q.cols(), sources, B, q_pos);
+  const Index NH = sizes.NH, hs = sizes.hs, Tq = sizes.Tq;
   detail::check_rows_cols(fn, "dq", dq.rows(), dq.cols(), q.rows(), q.cols(), "as q", "as q");
   detail::check_rows_cols(fn, "dout", dout.rows(), dout.cols(), q.rows(), q.cols(), "as q", "as q");
   detail::check_rows_cols(fn, "out", out.rows(), out.cols(), q.rows(), q.cols(), "as q", "as q");
@@ -141,14 +144,13 @@ void attention_source_mass(MatrixRef<detail::NoDeduce<Scalar>> mass,
                            ConstMatrixRef<detail::NoDeduce<Scalar>> lse,
                            const AttentionSources<Scalar>& sources, Index B, Index q_pos = 0) {
   const char* fn = "attention_source_mass";
-  const auto [NH, hs, Tq] = detail::check_call(fn, q.rows(), q.cols(), sources, B, q_pos);
+  const detail::CallSizes sizes = detail::check_call(fn, q.rows(), q.cols(), sources, B, q_pos);
+  const Index NH = sizes.NH, hs = sizes.hs, Tq = sizes.Tq;
   detail::check_sources(fn, sources, hs, Tq, q_pos, false);
   const Index S = sources.max_count();
   detail::check_rows_cols(fn, "lse", lse.rows(), lse.cols(), q.rows(), NH, "as q", "n_head");
-  STRATA_CHECK(mass.rows() == q.rows(), fn, ": mass has ", mass.rows(), " rows, expected ",
-               q.rows(), " (as q)");
-  STRATA_CHECK(mass.cols() == NH * S, fn, ": mass has ", mass.cols(), " columns, expected ", NH * S,
-               " (n_head ", NH, " x max sources per head ", S, ")");
+  detail::check_rows_cols(fn, "mass", mass.rows(), mass.cols(), q.rows(), NH * S, "as q",
+                          "n_head x max sources per head");
   if (Tq == 0) return;
   const detail::ListedSources<Scalar> listed{sources};
   const bool parallel =

@@ -1,17 +1,28 @@
 // strata/kernels/check.hpp: shape validation shared by the public kernels.
 #pragma once
 
+#include <string>
+
 #include "../core/error.hpp"
 #include "../core/types.hpp"
 
 namespace strata::detail {
 
 /// Throws "<fn>: <arg> has shape [r, c], expected [er, ec]" when the shapes differ.
-inline void check_shape(const char* fn, const char* arg, Index rows, Index cols, Index expected_rows,
-                        Index expected_cols) {
+inline void check_shape(const char* fn, const char* arg, Index rows, Index cols,
+                        Index expected_rows, Index expected_cols) {
   if (rows != expected_rows || cols != expected_cols)
     fail(fn, ": ", arg, " has shape [", rows, ", ", cols, "], expected [", expected_rows, ", ",
          expected_cols, "]");
+}
+
+/// Throws "<fn>: <arg> has shape [r, c], expected [er, ec] (<why>)": the same, with the reason
+/// for the expected shape ("rows and columns as q").
+inline void check_shape(const char* fn, const char* arg, Index rows, Index cols,
+                        Index expected_rows, Index expected_cols, const std::string& why) {
+  if (rows != expected_rows || cols != expected_cols)
+    fail(fn, ": ", arg, " has shape [", rows, ", ", cols, "], expected [", expected_rows, ", ",
+         expected_cols, "] (", why, ")");
 }
 
 /// Throws "<fn>: <arg> has size n, expected e" when the sizes differ.
@@ -25,8 +36,8 @@ inline void check_ids(const char* fn, const char* what, ConstTokensRef ids, Inde
   for (Index b = 0; b < ids.rows(); ++b)
     for (Index t = 0; t < ids.cols(); ++t)
       if (ids(b, t) < 0 || ids(b, t) >= V)
-        fail(fn, ": ", what, " ", ids(b, t), " at [", b, ", ", t, "] is outside the vocabulary [0, ",
-             V, ")");
+        fail(fn, ": ", what, " ", ids(b, t), " at [", b, ", ", t,
+             "] is outside the vocabulary [0, ", V, ")");
 }
 
 }  // namespace strata::detail

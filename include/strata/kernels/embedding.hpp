@@ -22,7 +22,8 @@ inline void check_embedding(const char* fn, Index out_rows, Index out_cols, Cons
 }  // namespace detail
 
 /// out[b*T + t] = wte[tokens(b, t)] + wpe[pos0 + t].
-/// out [B*T, C], tokens [B, T], wte [V, C], wpe [maxT, C]; pos0 is the absolute position of column 0.
+/// out [B*T, C], tokens [B, T], wte [V, C], wpe [maxT, C]; pos0 is the absolute position of column
+/// 0.
 template <typename Scalar>
 void embedding_forward(MatrixRef<Scalar> out, ConstTokensRef tokens, ConstMatrixRef<Scalar> wte,
                        ConstMatrixRef<Scalar> wpe, Index pos0 = 0) {
@@ -30,12 +31,11 @@ void embedding_forward(MatrixRef<Scalar> out, ConstTokensRef tokens, ConstMatrix
                           wte.cols(), wpe.rows(), wpe.cols(), pos0);
   const Index B = tokens.rows(), T = tokens.cols();
   for (Index b = 0; b < B; ++b)
-    for (Index t = 0; t < T; ++t)
-      out.row(b * T + t) = wte.row(tokens(b, t)) + wpe.row(pos0 + t);
+    for (Index t = 0; t < T; ++t) out.row(b * T + t) = wte.row(tokens(b, t)) + wpe.row(pos0 + t);
 }
 
-/// Mirror of embedding_forward: dwte[tokens(b, t)] += dout[b*T + t]; dwpe[pos0 + t] += dout[b*T + t].
-/// dwte [V, C], dwpe [maxT, C], dout [B*T, C], tokens [B, T].
+/// Mirror of embedding_forward: dwte[tokens(b, t)] += dout[b*T + t]; dwpe[pos0 + t] += dout[b*T +
+/// t]. dwte [V, C], dwpe [maxT, C], dout [B*T, C], tokens [B, T].
 template <typename Scalar>
 void embedding_backward(MatrixRef<Scalar> dwte, MatrixRef<Scalar> dwpe, ConstMatrixRef<Scalar> dout,
                         ConstTokensRef tokens, Index pos0 = 0) {

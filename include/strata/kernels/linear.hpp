@@ -19,8 +19,8 @@ inline void check_linear(const char* fn, Index out_rows, Index out_cols, Index i
 
 /// out = inp weight^T + bias.  out [N, OC], inp [N, IC], weight [OC, IC], bias [OC].
 template <typename Scalar>
-void linear_forward(MatrixRef<Scalar> out, ConstMatrixRef<Scalar> inp, ConstMatrixRef<Scalar> weight,
-                    ConstVectorRef<Scalar> bias) {
+void linear_forward(MatrixRef<Scalar> out, ConstMatrixRef<Scalar> inp,
+                    ConstMatrixRef<Scalar> weight, ConstVectorRef<Scalar> bias) {
   detail::check_linear("linear_forward", out.rows(), out.cols(), inp.rows(), inp.cols(),
                        weight.rows(), weight.cols());
   detail::check_size("linear_forward", "bias", bias.size(), weight.rows());
@@ -35,8 +35,9 @@ void linear_forward(MatrixRef<Scalar> out, ConstMatrixRef<Scalar> inp, ConstMatr
 /// `out += residual` would pass over out twice. out may alias residual (then out += ...).
 /// out, residual [N, OC].
 template <typename Scalar>
-void linear_forward(MatrixRef<Scalar> out, ConstMatrixRef<Scalar> inp, ConstMatrixRef<Scalar> weight,
-                    ConstVectorRef<Scalar> bias, ConstMatrixRef<Scalar> residual) {
+void linear_forward(MatrixRef<Scalar> out, ConstMatrixRef<Scalar> inp,
+                    ConstMatrixRef<Scalar> weight, ConstVectorRef<Scalar> bias,
+                    ConstMatrixRef<Scalar> residual) {
   detail::check_linear("linear_forward", out.rows(), out.cols(), inp.rows(), inp.cols(),
                        weight.rows(), weight.cols());
   detail::check_size("linear_forward", "bias", bias.size(), weight.rows());
@@ -48,7 +49,8 @@ void linear_forward(MatrixRef<Scalar> out, ConstMatrixRef<Scalar> inp, ConstMatr
 
 /// out = inp weight^T (no bias; e.g. the tied language-model head).
 template <typename Scalar>
-void linear_forward(MatrixRef<Scalar> out, ConstMatrixRef<Scalar> inp, ConstMatrixRef<Scalar> weight) {
+void linear_forward(MatrixRef<Scalar> out, ConstMatrixRef<Scalar> inp,
+                    ConstMatrixRef<Scalar> weight) {
   detail::check_linear("linear_forward", out.rows(), out.cols(), inp.rows(), inp.cols(),
                        weight.rows(), weight.cols());
   detail::product<false>(out, inp, weight.transpose());

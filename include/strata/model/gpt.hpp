@@ -83,8 +83,9 @@ class GPT {
   /// backward pass goes on. The ranges are disjoint, tile the arena from its end down to 0 and come
   /// in that order: first the top of the arena, from the lowest block b that reads a feature map
   /// (the final block when only it does, or when there are none) through ln_f and the feature maps;
-  /// then every earlier block down to block 0, then the embeddings. A data-parallel communicator starts reducing each range here
-  /// (strata/train/distributed.hpp); an empty hook (the default) does nothing.
+  /// then every earlier block down to block 0, then the embeddings. A data-parallel communicator
+  /// starts reducing each range here (strata/train/distributed.hpp); an empty hook (the default)
+  /// does nothing.
   using GradientReadyHook = std::function<void(Index begin, Index end)>;
   void set_gradient_ready_hook(GradientReadyHook hook) { gradient_ready_ = std::move(hook); }
 
@@ -173,12 +174,16 @@ class GPT {
   /// source_depths of the final block: for a shortcut plan the depths J of SPEC §2.3.
   std::vector<int> shortcut_depths() const { return source_depths(cfg_.n_layer - 1); }
 
-  /// An empty cache for `batch` sequences of up to context_length positions.
-  KVCache<Scalar> make_cache(Index batch = 1) const {
+  /// An empty cache for `batch` sequences of up to `capacity` positions (0 = context_length; at
+  /// most context_length). generate() asks for what it will use, so a short continuation of a
+  /// model with a long context does not allocate the whole context.
+  KVCache<Scalar> make_cache(Index batch = 1, Index capacity = 0) const {
     STRATA_CHECK(batch >= 1, "GPT::make_cache: batch ", batch, ", expected >= 1");
+    STRATA_CHECK(capacity >= 0 && capacity <= cfg_.context_length, "GPT::make_cache: capacity ",
+                 capacity, ", expected 0 (the context length) to ", cfg_.context_length);
     KVCache<Scalar> c;
     c.B_ = batch;
-    c.capacity_ = cfg_.context_length;
+    c.capacity_ = capacity > 0 ? capacity : cfg_.context_length;
     const Index C = cfg_.n_embd;
     for (Index l = 0; l < cfg_.n_layer; ++l)
       c.layer_kv_.push_back(Matrix<Scalar>::Zero(batch * c.capacity_, 2 * C));
@@ -192,7 +197,8 @@ class GPT {
   const Matrix<Scalar>& forward_cached(ConstTokensRef tokens, KVCache<Scalar>& cache) {
     const char* fn = "GPT::forward_cached";
     check_tokens(fn, tokens);
-    if (cache.capacity_ != cfg_.context_length || Index(cache.layer_kv_.size()) != cfg_.n_layer
+    if (cache.capacity_ < 1 || cache.capacity_ > cfg_.context_length
+        || Index(cache.layer_kv_.size()) != cfg_.n_layer
         || cache.feature_kv_.size() != plan_.features.size())
       fail(fn, ": the cache was not made by a model of this configuration");
     if (tokens.rows() != cache.B_)
@@ -460,7 +466,8 @@ class GPT {
       // every feature map, which follow the blocks in the layout) is final once the lowest block
       // that reads a feature map is done.
       if (gradient_ready_ && l <= hook_top_block_)
-        gradient_ready_(block_offset(l), l == hook_top_block_ ? grads_.size() : block_offset(l + 1));
+        gradient_ready_(block_offset(l),
+                        l == hook_top_block_ ? grads_.size() : block_offset(l + 1));
     }
     embedding_backward<Scalar>(g_.wte, g_.wpe, ws.dres, tokens, 0);
     if (gradient_ready_) gradient_ready_(0, block_offset(0));

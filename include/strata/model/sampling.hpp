@@ -73,7 +73,10 @@ std::vector<Token> generate(GPT<Scalar>& model, const std::vector<Token>& prompt
   const Index context = model.config().context_length;
   const Index keep = std::max<Index>(1, context / 2);
   Rng rng(sampler.seed);
-  KVCache<Scalar> cache = model.make_cache(1);
+  // The cache holds at most the prompt (or its last context - 1 tokens) and the new tokens.
+  const Index used =
+      std::min<Index>(context, Index(prompt.size()) + std::max<Index>(new_tokens, 1));
+  KVCache<Scalar> cache = model.make_cache(1, used);
   std::vector<Token> seq = prompt;
   std::vector<Token> out;
   out.reserve(static_cast<size_t>(new_tokens));
@@ -94,7 +97,7 @@ std::vector<Token> generate(GPT<Scalar>& model, const std::vector<Token>& prompt
     seq.push_back(tok);
     if (on_token) on_token(tok);
     if (i + 1 == new_tokens) break;
-    if (cache.length() >= context) {
+    if (cache.length() >= cache.capacity()) {  // only when the capacity is the whole context
       next = refill(std::min<Index>(Index(seq.size()), keep));
     } else {
       one(0, 0) = tok;

@@ -15,6 +15,7 @@
 #include <nlohmann/json.hpp>
 
 #include "../core/error.hpp"
+#include "../io/limits.hpp"
 #include "../io/safetensors.hpp"
 #include "tokenizer.hpp"
 
@@ -98,7 +99,8 @@ inline TokenizerSpec read_tokenizer(const io::SafetensorsFile& file) {
   try {
     const nlohmann::json j = nlohmann::json::parse(it->second);
     spec.kind = j.at("kind").get<std::string>();
-    spec.vocab_size = j.at("vocab_size").get<Index>();
+    spec.vocab_size = io::read_bounded(j, "vocab_size", 1, io::ModelLimits::max_vocab_size, where,
+                                       "tokenizer record");
     checksum = j.at("checksum").get<std::string>();
     spec.model = base64_decode(j.at("model").get<std::string>(), where);
   } catch (const nlohmann::json::exception& e) {

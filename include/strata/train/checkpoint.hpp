@@ -5,8 +5,9 @@
 #pragma once
 
 #include <map>
-#include <nlohmann/json.hpp>
 #include <string>
+
+#include <nlohmann/json.hpp>
 
 #include "../core/error.hpp"
 #include "../core/rng.hpp"
@@ -18,9 +19,9 @@ namespace strata {
 
 /// Where a training run stands.
 struct TrainState {
-  Index step = 0;           ///< optimizer steps completed
-  Index batches_drawn = 0;  ///< training batches drawn from the loader
-  Rng::State data_rng{};    ///< the loader's generator state
+  Index step = 0;                                     ///< optimizer steps completed
+  Index batches_drawn = 0;                            ///< training batches drawn from the loader
+  Rng::State data_rng{};                              ///< the loader's generator state
   nlohmann::json options = nlohmann::json::object();  ///< the trainer's settings, for resume
 };
 
@@ -47,7 +48,8 @@ void save_training_checkpoint(const std::string& path, const GPT<Scalar>& model,
 inline TrainState read_train_state(const io::SafetensorsFile& file, Index* adam_step = nullptr) {
   auto it = file.metadata().find("strata.train");
   if (it == file.metadata().end())
-    fail("checkpoint ", file.path(), ": no 'strata.train' metadata; it holds weights only and "
+    fail("checkpoint ", file.path(),
+         ": no 'strata.train' metadata; it holds weights only and "
          "cannot resume training (use it with generate instead)");
   const std::string where = "checkpoint " + file.path();
   nlohmann::json j;
@@ -124,7 +126,8 @@ TrainState load_training_checkpoint(const io::SafetensorsFile& file, GPT<Scalar>
 }
 
 template <typename Scalar>
-TrainState load_training_checkpoint(const std::string& path, GPT<Scalar>& model, AdamW<Scalar>& opt) {
+TrainState load_training_checkpoint(const std::string& path, GPT<Scalar>& model,
+                                    AdamW<Scalar>& opt) {
   return load_training_checkpoint(io::SafetensorsFile::read(path), model, opt);
 }
 

@@ -5,8 +5,9 @@
 #include <chrono>
 #include <cmath>
 #include <functional>
-#include <nlohmann/json.hpp>
 #include <string>
+
+#include <nlohmann/json.hpp>
 
 #include "../core/error.hpp"
 #include "../model/gpt.hpp"
@@ -51,11 +52,19 @@ struct TrainOptions {
   }
 
   nlohmann::json to_json() const {
-    return {{"steps", steps},   {"batch", batch},       {"seq_len", seq_len},
-            {"warmup", warmup}, {"lr", lr},             {"min_lr", min_lr},
-            {"weight_decay", weight_decay},             {"beta1", beta1},
-            {"beta2", beta2},   {"eps", eps},           {"grad_clip", grad_clip},
-            {"eval_interval", eval_interval},           {"eval_batches", eval_batches},
+    return {{"steps", steps},
+            {"batch", batch},
+            {"seq_len", seq_len},
+            {"warmup", warmup},
+            {"lr", lr},
+            {"min_lr", min_lr},
+            {"weight_decay", weight_decay},
+            {"beta1", beta1},
+            {"beta2", beta2},
+            {"eps", eps},
+            {"grad_clip", grad_clip},
+            {"eval_interval", eval_interval},
+            {"eval_batches", eval_batches},
             {"data_seed", data_seed}};
   }
   /// Reads what to_json wrote. A missing key, a value of the wrong type, or a float for an integer
@@ -71,11 +80,17 @@ struct TrainOptions {
  private:
   static TrainOptions from_json_unchecked(const nlohmann::json& j) {
     TrainOptions o;
-    o.steps = integer<Index>(j, "steps"); o.batch = integer<Index>(j, "batch");
+    o.steps = integer<Index>(j, "steps");
+    o.batch = integer<Index>(j, "batch");
     o.seq_len = integer<Index>(j, "seq_len");
-    o.warmup = integer<Index>(j, "warmup"); o.lr = j.at("lr"); o.min_lr = j.at("min_lr");
-    o.weight_decay = j.at("weight_decay"); o.beta1 = j.at("beta1"); o.beta2 = j.at("beta2");
-    o.eps = j.at("eps"); o.grad_clip = j.at("grad_clip");
+    o.warmup = integer<Index>(j, "warmup");
+    o.lr = j.at("lr");
+    o.min_lr = j.at("min_lr");
+    o.weight_decay = j.at("weight_decay");
+    o.beta1 = j.at("beta1");
+    o.beta2 = j.at("beta2");
+    o.eps = j.at("eps");
+    o.grad_clip = j.at("grad_clip");
     o.eval_interval = integer<Index>(j, "eval_interval");
     o.eval_batches = integer<Index>(j, "eval_batches");
     o.data_seed = integer<std::uint64_t>(j, "data_seed");
@@ -85,16 +100,15 @@ struct TrainOptions {
   template <typename T>
   static T integer(const nlohmann::json& j, const char* key) {
     const nlohmann::json& v = j.at(key);
-    if (v.is_number_float())
-      fail("TrainOptions: ", key, " = ", v.dump(), ", expected an integer");
+    if (v.is_number_float()) fail("TrainOptions: ", key, " = ", v.dump(), ", expected an integer");
     return v.get<T>();
   }
 };
 
 /// What one optimizer step did.
 struct StepReport {
-  Index step;        ///< steps completed, 1-based
-  double loss;       ///< training loss of the batch (before the update)
+  Index step;   ///< steps completed, 1-based
+  double loss;  ///< training loss of the batch (before the update)
   double lr;
   double grad_norm;  ///< before clipping
   double seconds;    ///< wall time of the step
@@ -146,8 +160,10 @@ class Trainer {
            model.config().context_length);
     schedule_ = LRSchedule{opt_.lr, opt_.min_lr, opt_.warmup, opt_.steps};
     if (data.tokenizer.vocab_size > model.config().vocab_size)
-      fail("Trainer: the data's tokenizer ", data.tokenizer.describe(), " has more tokens than the "
-           "model's vocab_size ", model.config().vocab_size);
+      fail("Trainer: the data's tokenizer ", data.tokenizer.describe(),
+           " has more tokens than the "
+           "model's vocab_size ",
+           model.config().vocab_size);
   }
 
   const TrainOptions& options() const { return opt_; }

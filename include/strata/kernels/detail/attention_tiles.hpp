@@ -7,6 +7,7 @@
 #include <cmath>
 #include <cstddef>
 #include <limits>
+#include <string>
 #include <vector>
 
 #include <Eigen/Core>
@@ -14,6 +15,7 @@
 #include "../../core/error.hpp"
 #include "../../core/types.hpp"
 #include "../attention_sources.hpp"
+#include "../check.hpp"
 
 namespace strata {
 
@@ -333,10 +335,11 @@ void run_attention_backward(MatrixRef<S>& dq, const Eigen::Ref<const Matrix<S>>&
 inline void check_rows_cols(const char* fn, const char* name, Index rows, Index cols,
                             Index expected_rows, Index expected_cols, const char* rows_why,
                             const char* cols_why) {
-  STRATA_CHECK(rows == expected_rows, fn, ": ", name, " has ", rows, " rows, expected ",
-               expected_rows, " (", rows_why, ")");
-  STRATA_CHECK(cols == expected_cols, fn, ": ", name, " has ", cols, " columns, expected ",
-               expected_cols, " (", cols_why, ")");
+  if (rows == expected_rows && cols == expected_cols) return;
+  const std::string why = std::string(rows_why) == cols_why
+                            ? std::string("rows and columns ") + rows_why
+                            : std::string("rows ") + rows_why + ", columns " + cols_why;
+  check_shape(fn, name, rows, cols, expected_rows, expected_cols, why);
 }
 
 /// Checks B, q_pos and q against NH; returns hs.
