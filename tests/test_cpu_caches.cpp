@@ -9,11 +9,6 @@
 //     threads, and (header-only build) bit-identical to Eigen's own product on one thread;
 //   - a training step allocates nothing after the first, for every plan, float and double;
 //   - every plan's forward matches the naive reference model (float 1e-5, double 1e-12).
-// The products under test are the header-only ones in every build: in a STRATA_USE_BLAS build this
-// program still runs Eigen's own products (it is one translation unit; nothing in it calls BLAS),
-// so the build that CI runs with -march=native checks them at the CPU's full SIMD width, and the
-// sanitized build (STRATA_NATIVE=OFF) at SSE2.
-#undef EIGEN_USE_BLAS
 
 #include <cstdint>
 #include <ostream>
