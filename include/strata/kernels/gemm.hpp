@@ -120,7 +120,7 @@ void gemm(Index m, Index n, Index k, const Scalar* a, Index lda, const Scalar* b
                              std::max<Index>(1, Index(work / 50000.0))});
   }
   const Index rows_per_part = (m + parts - 1) / parts;
-  const Index step = (rows_per_part + kRowGrain - 1) / kRowGrain * kRowGrain;
+  [[maybe_unused]] const Index step = (rows_per_part + kRowGrain - 1) / kRowGrain * kRowGrain;
   const Index a_row_stride = LhsOrder == Eigen::RowMajor ? lda : 1;
 
   auto run_rows = [&](Index row0, Index rows) {
