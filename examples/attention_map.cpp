@@ -44,7 +44,7 @@ int main(int argc, char** argv) {
     strata::TokenMatrix x(1, strata::Index(ids.size()));
     for (size_t i = 0; i < ids.size(); ++i) x(0, strata::Index(i)) = ids[i];
     const strata::Matrix<float> mass = model->attention_mass(x, cfg.n_layer - 1);
-    const std::vector<int> depths = model->shortcut_depths();
+    const std::vector<strata::Index> depths = model->shortcut_depths();
 
     // Terminal heat map: one row per depth, one column per byte of the text.
     const char* shades = " .:-=+*#%@";

@@ -57,11 +57,11 @@ inline CLI::Validator Positive() {
 /// Flags that choose the attention plan; apply() turns them into a strata::AttentionPlan.
 struct PlanFlags {
   std::string kind = "standard";
-  int skip_distance = 0;  // 0 = default round(3L/4)
-  int skip_heads = -1;    // -1 = default round(3NH/4)
+  strata::Index skip_distance = 0;  // 0 = default round(3L/4)
+  strata::Index skip_heads = -1;    // -1 = default round(3NH/4)
   std::string skip_mode = "split";
-  std::vector<int> depths;  // empty = all intermediate layers
-  long feature_width = 0;   // 0 = C
+  std::vector<strata::Index> depths;  // empty = all intermediate layers
+  strata::Index feature_width = 0;    // 0 = C
   bool embeddings = false;
 
   void add(CLI::App& app) {
@@ -89,8 +89,8 @@ struct PlanFlags {
   strata::AttentionPlan plan() const {
     if (kind == "skip")
       return strata::AttentionPlan::skip_layer(
-          skip_distance > 0 ? std::optional<int>(skip_distance) : std::nullopt,
-          skip_heads >= 0 ? std::optional<int>(skip_heads) : std::nullopt,
+          skip_distance > 0 ? std::optional<strata::Index>(skip_distance) : std::nullopt,
+          skip_heads >= 0 ? std::optional<strata::Index>(skip_heads) : std::nullopt,
           strata::parse_skip_mode(skip_mode));
     if (kind == "shortcut")
       return strata::AttentionPlan::shortcut(depths, feature_width, embeddings);

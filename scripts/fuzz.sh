@@ -2,7 +2,7 @@
 # Builds the libFuzzer harnesses (fuzz/, clang-14 with ASan + UBSan) in build-fuzz/ and runs each
 # on a copy of its seed corpus (fuzz/corpus/<harness>/):
 #   scripts/fuzz.sh                        every harness for 60 s
-#   scripts/fuzz.sh --time 25              every harness for 25 s (CI)
+#   scripts/fuzz.sh --time 10              every harness for 10 s (CI)
 #   scripts/fuzz.sh --runs 1000000         every harness for one million executions
 #   scripts/fuzz.sh --runs 1000000 fuzz_plan_json     one harness
 #   scripts/fuzz.sh --keep-going ...       do not stop at the first finding (libFuzzer's fork

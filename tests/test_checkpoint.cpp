@@ -265,7 +265,7 @@ TEST_F(Checkpoint, DefaultNumbersAreStoredResolved) {
   const std::string sc = file("shortcut.safetensors");
   strata::save_checkpoint(sc, GPT<float>(small_config(AttentionPlan::shortcut())));
   const ModelConfig s = strata::read_checkpoint_config(sc);
-  EXPECT_EQ(s.attention.depths(), (std::vector<int>{1, 2}));
+  EXPECT_EQ(s.attention.depths(), (std::vector<strata::Index>{1, 2}));
   EXPECT_EQ(s.attention.feature_width(), 0);
   EXPECT_FALSE(s.attention.include_embeddings());
 }

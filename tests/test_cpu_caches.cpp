@@ -13,6 +13,7 @@
 #include <cstdint>
 #include <ostream>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include <gtest/gtest.h>
@@ -210,6 +211,40 @@ void check_no_allocation(const CpuCaches& cpu) {
 TEST_P(CpuCachesTest, TrainingStepAllocatesNothing) {
   check_no_allocation<float>(GetParam());
   check_no_allocation<double>(GetParam());
+}
+
+// The allocation check itself: Eigen's runtime check and the operator new counter both fire.
+TEST(NoAllocation, RuntimeCheckIsLive) {
+  alloc_counter::eigen_assert_failures = 0;
+  Eigen::internal::set_is_malloc_allowed(false);
+  { Matrix<double> m(10, 10); }
+  Eigen::internal::set_is_malloc_allowed(true);
+  EXPECT_EQ(alloc_counter::eigen_assert_failures.load(), 1);
+  alloc_counter::eigen_assert_failures = 0;
+  alloc_counter::allocations = 0;
+  alloc_counter::counting = true;
+  { std::vector<int> v(3); }
+  alloc_counter::counting = false;
+  EXPECT_EQ(alloc_counter::allocations.load(), 1);
+}
+
+// Below the width where the products block: the smallest model and several attention tiles
+// (T 70), standard plan, this CPU's caches, float and double.
+template <typename S>
+void check_no_allocation_small() {
+  for (const auto& [C, V, T] : {std::tuple<Index, Index, Index>{8, 11, 5}, {32, 37, 70}}) {
+    SCOPED_TRACE("C " + std::to_string(C) + ", T " + std::to_string(T));
+    GPT<S> model(config(2, C == 8 ? 2 : 4, C, V, 80, AttentionPlan::standard()));
+    Rng rng(51);
+    const TokenMatrix tokens = random_tokens(2, T, V, rng);
+    const TokenMatrix targets = random_tokens(2, T, V, rng);
+    alloc_counter::expect_step_allocates_nothing(model, tokens, targets);
+  }
+}
+
+TEST(NoAllocation, SmallModelsTrainingStep) {
+  check_no_allocation_small<float>();
+  check_no_allocation_small<double>();
 }
 
 // Every plan against the naive reference at a width where the products block (C 64, 4C 256).

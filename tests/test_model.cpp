@@ -1,8 +1,7 @@
-#include "alloc_counter.hpp"  // first: it configures Eigen before Eigen is included
 // tests/test_model.cpp: the GPT model with the standard plan (SPEC.md §1, §2.1) — forward and loss
 // against the naive reference (tests/reference/model_reference.hpp), finite-difference gradients of
-// every parameter tensor, causality, KV-cache decoding, determinism, no heap allocation in a
-// training step, error messages, and generation.
+// every parameter tensor, causality, KV-cache decoding, determinism, memory, error messages, and
+// generation.
 
 #include <algorithm>
 #include <cmath>
@@ -389,38 +388,9 @@ TYPED_TEST(ModelTyped, SameSeedSameParametersAndGradients) {
 }
 
 // ------------------------------------------------------------------------------------------------
-// no heap allocation in a training step once the workspace exists
-
-TEST(ModelNoMalloc, RuntimeCheckIsLive) {
-  alloc_counter::eigen_assert_failures = 0;
-  Eigen::internal::set_is_malloc_allowed(false);
-  { Matrix<double> m(10, 10); }
-  Eigen::internal::set_is_malloc_allowed(true);
-  EXPECT_EQ(alloc_counter::eigen_assert_failures.load(), 1);
-  alloc_counter::eigen_assert_failures = 0;
-  alloc_counter::allocations = 0;
-  alloc_counter::counting = true;
-  { std::vector<int> v(3); }
-  alloc_counter::counting = false;
-  EXPECT_EQ(alloc_counter::allocations.load(), 1);
-}
-
-// The whole training step of the tiny model's width (C 128, T 128) on every thread, in both product
-// back ends: strata's products keep their blocking buffers (kernels/gemm.hpp) and a BLAS library
-// keeps its own, so nothing is allocated after the first step. test_cpu_caches.cpp repeats this
-// under the cache sizes of other CPUs, which change the size of those buffers.
-TYPED_TEST(ModelTyped, TrainingStepAllocatesNothing) {
-  using S = TypeParam;
-  for (const Sizes& s : {Sizes{2, 2, 8, 11, 8, 2, 5}, Sizes{2, 4, 32, 37, 80, 2, 70},
-                         Sizes{2, 4, 128, 256, 128, 4, 128}}) {
-    SCOPED_TRACE(describe(s));
-    GPT<S> model(make_config(s));
-    Rng rng(51);
-    const TokenMatrix tokens = random_tokens(s.B, s.T, s.V, rng);
-    const TokenMatrix targets = random_tokens(s.B, s.T, s.V, rng);
-    alloc_counter::expect_step_allocates_nothing(model, tokens, targets);
-  }
-}
+// memory
+// (No heap allocation in a training step: tests/test_cpu_caches.cpp, the one program built with
+// Eigen's runtime allocation check, for every plan and under several CPUs' cache sizes.)
 
 // The workspace grows linearly with the sequence length: no buffer is [T, T] (the attention keeps
 // only its output and a log-sum-exp per query), so doubling T adds exactly what the previous

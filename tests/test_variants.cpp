@@ -280,8 +280,8 @@ TEST(VariantPlans, FeatureMapsOfMiddleBlocksHaveTheirBlockInTheName) {
     EXPECT_EQ(layout.at(p + "ln.weight").shape(), std::vector<Index>{16});
   }
   EXPECT_EQ(model.params().features.size(), 4u);
-  EXPECT_EQ(model.source_depths(1), (std::vector<int>{0, 1}));
-  EXPECT_EQ(model.source_depths(3), (std::vector<int>{1, 2, 3}));
+  EXPECT_EQ(model.source_depths(1), (std::vector<Index>{0, 1}));
+  EXPECT_EQ(model.source_depths(3), (std::vector<Index>{1, 2, 3}));
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -423,31 +423,41 @@ void expect_model_gradients(GPT<double>& model, const TokenMatrix& tokens,
   EXPECT_TRUE(model.gradients() == grad);
 }
 
-TEST(VariantGradients, MatchFiniteDifferences) {
-  // L = 4, NH = 4, C = 8 (hs = 2), T = 5, B = 2; every shortcut model has |J| = 3 depths
+// L = 4, NH = 4, C = 8 (hs = 2), T = 5, B = 2; every shortcut model has |J| = 3 depths. One test
+// per plan (ctest runs them in parallel: together they are the slowest test of the suite).
+std::vector<Case> finite_difference_cases() {
   const Case small{"", 4, 4, 8, 11, 6, 2, 5, AttentionPlan::standard()};
   using P = AttentionPlan;
-  const std::vector<Case> cases = {
-      with_plan(small, P::skip_layer(2, 2), "sla split d=2 n=2"),
-      with_plan(small, P::skip_layer(2, 2, SkipMode::concat), "sla concat d=2 n=2"),
-      with_plan(small, P::skip_layer(1, 4, SkipMode::concat), "sla concat d=1 n=NH"),
-      with_plan(small, P::shortcut(), "shortcut {1,2,3}"),
-      with_plan(small, P::shortcut({1, 2}, 12, true), "shortcut {0,1,2}, Cf=12, no own K/V"),
-      with_plan(small, P::custom(custom_mixed_table()), "custom mixed table"),
+  return {
+      with_plan(small, P::skip_layer(2, 2), "sla_split_d2_n2"),
+      with_plan(small, P::skip_layer(2, 2, SkipMode::concat), "sla_concat_d2_n2"),
+      with_plan(small, P::skip_layer(1, 4, SkipMode::concat), "sla_concat_d1_nNH"),
+      with_plan(small, P::shortcut(), "shortcut_J123"),
+      with_plan(small, P::shortcut({1, 2}, 12, true), "shortcut_J012_Cf12_no_own_kv"),
+      with_plan(small, P::custom(custom_mixed_table()), "custom_mixed_table"),
       with_plan(small, P::dense_shortcut(), "dense_shortcut"),
-      with_plan(small, P::custom(mid_shortcut_table(), 6), "custom mid-stack shortcuts, Cf=6"),
-      with_plan(small, P::custom(multi_skip_table()), "custom multi-layer skip heads"),
+      with_plan(small, P::custom(mid_shortcut_table(), 6), "custom_mid_stack_shortcuts_Cf6"),
+      with_plan(small, P::custom(multi_skip_table()), "custom_multi_layer_skip_heads"),
   };
-  for (const Case& c : cases) {
-    SCOPED_TRACE(c.name);
-    GPT<double> model(make_config(c));
-    randomize(model, 300);
-    Rng rng(301);
-    const TokenMatrix tokens = random_tokens(c.B, c.T, c.V, rng);
-    const TokenMatrix targets = random_tokens(c.B, c.T, c.V, rng);
-    expect_model_gradients(model, tokens, targets);
-  }
 }
+
+class VariantFiniteDifferences : public ::testing::TestWithParam<std::size_t> {};
+
+TEST_P(VariantFiniteDifferences, MatchAnalyticGradients) {
+  const Case c = finite_difference_cases().at(GetParam());
+  GPT<double> model(make_config(c));
+  randomize(model, 300);
+  Rng rng(301);
+  const TokenMatrix tokens = random_tokens(c.B, c.T, c.V, rng);
+  const TokenMatrix targets = random_tokens(c.B, c.T, c.V, rng);
+  expect_model_gradients(model, tokens, targets);
+}
+
+INSTANTIATE_TEST_SUITE_P(Plans, VariantFiniteDifferences,
+                         ::testing::Range(std::size_t{0}, finite_difference_cases().size()),
+                         [](const ::testing::TestParamInfo<std::size_t>& info) {
+                           return finite_difference_cases().at(info.param).name;
+                         });
 
 // ------------------------------------------------------------------------------------------------
 // special cases that must equal the standard model bit for bit

@@ -39,7 +39,7 @@ struct ModelOutput {
   /// The depths J the final block reads (residual-stream numbering, 0 = embeddings), sorted, and
   /// the final block's attention mass per depth, [B*T, |J|]: for each position, the probability
   /// summed over the keys of that depth, averaged over heads (SPEC.md §2.3, exported maps).
-  std::vector<int> depths;
+  std::vector<Index> depths;
   Matrix<double> depth_mass;
 };
 
@@ -138,9 +138,9 @@ inline PlanTable spec_table(const ModelConfig& cfg) {
     case AttentionPlan::Kind::standard: break;
     case AttentionPlan::Kind::skip_layer: {
       // defaults: d = round(3L/4), n = round(3NH/4), at least 1
-      const int d = plan.distance() ? *plan.distance()
+      const int d = plan.distance() ? int(*plan.distance())
                                     : int(std::max(1L, model_detail::round_half_away(0.75 * L)));
-      const int n = plan.skip_heads() ? *plan.skip_heads()
+      const int n = plan.skip_heads() ? int(*plan.skip_heads())
                                       : int(std::max(1L, model_detail::round_half_away(0.75 * NH)));
       // 1-based layer l' is a skip layer when l' - d >= 1, i.e. 0-based l >= d; source l - d
       for (int l = d; l < L; ++l)
@@ -154,14 +154,14 @@ inline PlanTable spec_table(const ModelConfig& cfg) {
       break;
     }
     case AttentionPlan::Kind::shortcut: {
-      std::vector<int> J = plan.depths();
+      std::vector<Index> J = plan.depths();
       if (J.empty())
         for (int j = 1; j <= L - 1; ++j) J.push_back(j);
       if (plan.include_embeddings()) J.push_back(0);
       std::sort(J.begin(), J.end());
       for (int h = 0; h < NH; ++h) {
         t[L - 1][h].clear();
-        for (int j : J)
+        for (Index j : J)
           t[L - 1][h].push_back(j == L - 1 ? SourceRef{SourceKind::layer, L - 1, h}
                                            : SourceRef{SourceKind::feature, j, h});
       }
@@ -211,7 +211,7 @@ ModelOutput model_forward(const GPT<S>& model, const TokenMatrix& tokens,
   // the final block's depths: a layer source of block s reads h_s, a feature source its depth
   // (of every head: the heads of one block may read different sources, as skip-layer heads do)
   for (const auto& head : table[L - 1])
-    for (const auto& src : head) result.depths.push_back(int(src.index));
+    for (const auto& src : head) result.depths.push_back(src.index);
   std::sort(result.depths.begin(), result.depths.end());
   result.depths.erase(std::unique(result.depths.begin(), result.depths.end()), result.depths.end());
   result.depth_mass = Mat::Zero(N, Index(result.depths.size()));
@@ -287,7 +287,7 @@ ModelOutput model_forward(const GPT<S>& model, const TokenMatrix& tokens,
               o(row, head * hs + i) += prob * value_at(src, b * T + k.tau, i);
             if (l == L - 1) {
               const Index col =
-                  std::lower_bound(result.depths.begin(), result.depths.end(), int(src.index))
+                  std::lower_bound(result.depths.begin(), result.depths.end(), src.index)
                   - result.depths.begin();
               result.depth_mass(row, col) += prob / double(NH);
             }

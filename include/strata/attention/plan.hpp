@@ -139,8 +139,8 @@ class AttentionPlan {
   /// read the K/V that block l - distance computed for head h (split) or attend over both that
   /// and their own (concat). Unset numbers take the defaults round(3L/4) and round(3NH/4), at
   /// least 1, once the model's sizes are known.
-  static AttentionPlan skip_layer(std::optional<int> distance = std::nullopt,
-                                  std::optional<int> heads = std::nullopt,
+  static AttentionPlan skip_layer(std::optional<Index> distance = std::nullopt,
+                                  std::optional<Index> heads = std::nullopt,
                                   SkipMode mode = SkipMode::split) {
     AttentionPlan p(Kind::skip_layer);
     if (distance && *distance < 1) fail("skip_layer: distance ", *distance, " must be >= 1");
@@ -155,7 +155,7 @@ class AttentionPlan {
   /// residual-stream depths in `depths` (1..L-1, the outputs of blocks 1..L-1 in SPEC's 1-based
   /// numbering; empty = all of them), plus the embeddings (depth 0) when include_embeddings.
   /// feature_width Cf = 0 means C.
-  static AttentionPlan shortcut(std::vector<int> depths = {}, long feature_width = 0,
+  static AttentionPlan shortcut(std::vector<Index> depths = {}, Index feature_width = 0,
                                 bool include_embeddings = false) {
     AttentionPlan p(Kind::shortcut);
     if (feature_width < 0) fail("shortcut: feature_width ", feature_width, " must be >= 0 (0 = C)");
@@ -169,7 +169,7 @@ class AttentionPlan {
   /// one joint softmax per head, over its own K/V and the features of every earlier depth
   /// 1..l-1, plus the embeddings (depth 0) when include_embeddings; each (block, depth) pair has
   /// its own feature map, projected with that block's Wk/Wv. feature_width Cf = 0 means C.
-  static AttentionPlan dense_shortcut(long feature_width = 0, bool include_embeddings = true) {
+  static AttentionPlan dense_shortcut(Index feature_width = 0, bool include_embeddings = true) {
     AttentionPlan p(Kind::dense_shortcut);
     if (feature_width < 0)
       fail("dense_shortcut: feature_width ", feature_width, " must be >= 0 (0 = C)");
@@ -182,7 +182,7 @@ class AttentionPlan {
   /// a shortcut into a middle block. Feature maps get width feature_width (0 = C). Validated
   /// against the model's sizes by resolve().
   /// `label` names the plan in logs (default "custom").
-  static AttentionPlan custom(PlanTable table, long feature_width = 0, std::string label = {}) {
+  static AttentionPlan custom(PlanTable table, Index feature_width = 0, std::string label = {}) {
     AttentionPlan p(Kind::custom);
     if (feature_width < 0)
       fail("custom plan: feature_width ", feature_width, " must be >= 0 (0 = C)");
@@ -203,11 +203,11 @@ class AttentionPlan {
   }
 
   /// Cross-layer attention (CLA): every odd block (0-based) reuses all heads of the block below.
-  static AttentionPlan cross_layer(int n_layer, int n_head) {
+  static AttentionPlan cross_layer(Index n_layer, Index n_head) {
     PlanTable t(static_cast<size_t>(n_layer),
                 std::vector<std::vector<SourceRef>>(static_cast<size_t>(n_head)));
-    for (int l = 0; l < n_layer; ++l)
-      for (int h = 0; h < n_head; ++h)
+    for (Index l = 0; l < n_layer; ++l)
+      for (Index h = 0; h < n_head; ++h)
         t[size_t(l)][size_t(h)] = {SourceRef{SourceKind::layer, (l % 2 == 1) ? l - 1 : l, h}};
     return custom(std::move(t));
   }
@@ -215,32 +215,69 @@ class AttentionPlan {
   Kind kind() const { return kind_; }
   /// An explicit table (custom(), cross_layer() or a plan read from a checkpoint).
   bool is_custom() const { return kind_ == Kind::custom; }
-  std::optional<int> distance() const { return distance_; }
-  std::optional<int> skip_heads() const { return skip_heads_; }
+  std::optional<Index> distance() const { return distance_; }
+  std::optional<Index> skip_heads() const { return skip_heads_; }
   SkipMode mode() const { return mode_; }
-  const std::vector<int>& depths() const { return depths_; }
-  long feature_width() const { return feature_width_; }
+  const std::vector<Index>& depths() const { return depths_; }
+  Index feature_width() const { return feature_width_; }
   bool include_embeddings() const { return include_embeddings_; }
   const PlanTable& custom_table() const { return custom_; }
 
   /// The skip distance and head count this plan uses in a model of n_layer x n_head.
-  int resolved_distance(Index n_layer) const {
-    return distance_ ? *distance_
-                     : std::max(1, static_cast<int>(std::lround(0.75 * double(n_layer))));
+  Index resolved_distance(Index n_layer) const {
+    return distance_ ? *distance_ : std::max(Index(1), Index(std::lround(0.75 * double(n_layer))));
   }
-  int resolved_skip_heads(Index n_head) const {
+  Index resolved_skip_heads(Index n_head) const {
     return skip_heads_ ? *skip_heads_
-                       : std::max(1, static_cast<int>(std::lround(0.75 * double(n_head))));
+                       : std::max(Index(1), Index(std::lround(0.75 * double(n_head))));
   }
 
   /// The shortcut depths (sorted, residual-stream numbering, 0 = embeddings) for n_layer blocks.
-  std::vector<int> resolved_depths(Index n_layer) const {
-    std::vector<int> d = depths_;
+  std::vector<Index> resolved_depths(Index n_layer) const {
+    std::vector<Index> d = depths_;
     if (d.empty())
-      for (int r = 1; r < n_layer; ++r) d.push_back(r);
+      for (Index r = 1; r < n_layer; ++r) d.push_back(r);
     if (include_embeddings_) d.push_back(0);
     std::sort(d.begin(), d.end());
     return d;
+  }
+
+  /// The recipe as a name and the settings of that kind, resolved for n_layer x n_head: the
+  /// readable label a checkpoint keeps beside the table (io/config_json.hpp writes it as JSON).
+  struct Recipe {
+    std::string kind;  ///< standard, skip_layer, shortcut, dense_shortcut or custom
+    std::optional<Index> distance, heads;
+    std::optional<SkipMode> mode;
+    std::optional<std::vector<Index>> depths;  ///< shortcut depths >= 1 (0: include_embeddings)
+    std::optional<Index> feature_width;
+    std::optional<bool> include_embeddings;
+  };
+  Recipe recipe(Index n_layer, Index n_head) const {
+    Recipe r;
+    switch (kind_) {
+      case Kind::standard: r.kind = "standard"; break;
+      case Kind::skip_layer:
+        r.kind = "skip_layer";
+        r.distance = resolved_distance(n_layer);
+        r.heads = resolved_skip_heads(n_head);
+        r.mode = mode_;
+        break;
+      case Kind::shortcut:
+        r.kind = "shortcut";
+        r.depths.emplace();
+        for (Index d : resolved_depths(n_layer))
+          if (d > 0) r.depths->push_back(d);
+        r.feature_width = feature_width_;
+        r.include_embeddings = include_embeddings_;
+        break;
+      case Kind::dense_shortcut:
+        r.kind = "dense_shortcut";
+        r.feature_width = feature_width_;
+        r.include_embeddings = include_embeddings_;
+        break;
+      case Kind::custom: r.kind = "custom"; break;
+    }
+    return r;
   }
 
   /// The source table for a model with n_layer blocks of n_head heads; throws strata::Error for
@@ -304,7 +341,7 @@ class AttentionPlan {
     switch (kind_) {
       case Kind::standard: break;
       case Kind::skip_layer: {
-        const int d = resolved_distance(n_layer), n = resolved_skip_heads(n_head);
+        const Index d = resolved_distance(n_layer), n = resolved_skip_heads(n_head);
         if (n > n_head) fail("skip_layer: heads ", n, " exceeds n_head ", n_head);
         for (Index l = d; l < n_layer; ++l)
           for (Index h = 0; h < n; ++h) {
@@ -320,7 +357,7 @@ class AttentionPlan {
         if (n_layer < 2 && !include_embeddings_)
           fail("shortcut: needs at least 2 layers (or include_embeddings), the model has ",
                n_layer);
-        std::vector<int> d = depths_;
+        std::vector<Index> d = depths_;
         std::sort(d.begin(), d.end());
         for (size_t i = 0; i < d.size(); ++i) {
           if (d[i] < 1 || d[i] > n_layer - 1)
@@ -331,7 +368,7 @@ class AttentionPlan {
         const Index last = n_layer - 1;
         for (Index h = 0; h < n_head; ++h) {
           std::vector<SourceRef> s;
-          for (int r : resolved_depths(n_layer))
+          for (Index r : resolved_depths(n_layer))
             s.push_back(r == input_depth(last) ? SourceRef{SourceKind::layer, last, h}
                                                : SourceRef{SourceKind::feature, r, h});
           t[size_t(last)][size_t(h)] = std::move(s);
@@ -399,7 +436,7 @@ class AttentionPlan {
         break;
       case Kind::shortcut: {
         os << "shortcut(depths=";
-        const std::vector<int> d = resolve ? resolved_depths(n_layer) : depths_;
+        const std::vector<Index> d = resolve ? resolved_depths(n_layer) : depths_;
         if (d.empty()) os << "all";
         for (size_t i = 0; i < d.size(); ++i) os << (i ? "," : "") << d[i];
         os << ", feature_width=" << width_text(resolve, n_embd)
@@ -420,10 +457,10 @@ class AttentionPlan {
 
   explicit AttentionPlan(Kind kind) : kind_(kind) {}
   Kind kind_ = Kind::standard;
-  std::optional<int> distance_, skip_heads_;
+  std::optional<Index> distance_, skip_heads_;
   SkipMode mode_ = SkipMode::split;
-  std::vector<int> depths_;
-  long feature_width_ = 0;
+  std::vector<Index> depths_;
+  Index feature_width_ = 0;
   bool include_embeddings_ = false;
   PlanTable custom_;
   std::vector<FeatureMap> feature_maps_;  // custom plans read from a checkpoint: exact widths

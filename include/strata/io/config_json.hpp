@@ -29,33 +29,15 @@ namespace strata::io {
 namespace plan_json {
 
 inline nlohmann::json recipe_to_json(const AttentionPlan& plan, Index n_layer, Index n_head) {
-  using K = AttentionPlan::Kind;
+  const AttentionPlan::Recipe r = plan.recipe(n_layer, n_head);
   nlohmann::json j;
-  switch (plan.kind()) {
-    case K::standard: j["kind"] = "standard"; break;
-    case K::skip_layer:
-      j["kind"] = "skip_layer";
-      j["distance"] = plan.resolved_distance(n_layer);
-      j["heads"] = plan.resolved_skip_heads(n_head);
-      j["mode"] = to_string(plan.mode());
-      break;
-    case K::shortcut: {
-      j["kind"] = "shortcut";
-      std::vector<int> depths;
-      for (int r : plan.resolved_depths(n_layer))
-        if (r > 0) depths.push_back(r);
-      j["depths"] = depths;
-      j["feature_width"] = plan.feature_width();
-      j["include_embeddings"] = plan.include_embeddings();
-      break;
-    }
-    case K::dense_shortcut:
-      j["kind"] = "dense_shortcut";
-      j["feature_width"] = plan.feature_width();
-      j["include_embeddings"] = plan.include_embeddings();
-      break;
-    case K::custom: j["kind"] = "custom"; break;
-  }
+  j["kind"] = r.kind;
+  if (r.distance) j["distance"] = *r.distance;
+  if (r.heads) j["heads"] = *r.heads;
+  if (r.mode) j["mode"] = to_string(*r.mode);
+  if (r.depths) j["depths"] = *r.depths;
+  if (r.feature_width) j["feature_width"] = *r.feature_width;
+  if (r.include_embeddings) j["include_embeddings"] = *r.include_embeddings;
   return j;
 }
 
@@ -151,15 +133,15 @@ inline std::vector<FeatureMap> features_from_json(const nlohmann::json& f,
 
 /// An integer setting of a recipe, read with its type and range checked (a JSON float or a number
 /// beyond the range is an error naming the key, never a silent cast).
-inline int recipe_int(const nlohmann::json& j, const char* key, Index lo,
-                      const std::string& where) {
-  return static_cast<int>(read_bounded(
-      j, key, lo, ModelLimits::max_n_layer * ModelLimits::max_n_head, where, "attention recipe"));
+inline Index recipe_int(const nlohmann::json& j, const char* key, Index lo,
+                        const std::string& where) {
+  return read_bounded(j, key, lo, ModelLimits::max_n_layer * ModelLimits::max_n_head, where,
+                      "attention recipe");
 }
 
-inline long recipe_width(const nlohmann::json& j, const std::string& where) {
-  return static_cast<long>(read_bounded(j, "feature_width", 0, ModelLimits::max_feature_width,
-                                        where, "attention recipe"));
+inline Index recipe_width(const nlohmann::json& j, const std::string& where) {
+  return read_bounded(j, "feature_width", 0, ModelLimits::max_feature_width, where,
+                      "attention recipe");
 }
 
 inline bool recipe_bool(const nlohmann::json& j, const char* key, const std::string& where) {
@@ -187,8 +169,8 @@ inline AttentionPlan recipe_from_json(const nlohmann::json& j, const std::string
   const std::string kind = recipe_string(j, "kind", where);
   if (kind == "standard") return AttentionPlan::standard();
   if (kind == "skip_layer") {
-    const int distance = recipe_int(j, "distance", 1, where);
-    const int heads = recipe_int(j, "heads", 0, where);
+    const Index distance = recipe_int(j, "distance", 1, where);
+    const Index heads = recipe_int(j, "heads", 0, where);
     const SkipMode mode = parse_skip_mode(recipe_string(j, "mode", where));
     return AttentionPlan::skip_layer(distance, heads, mode);
   }
@@ -198,19 +180,19 @@ inline AttentionPlan recipe_from_json(const nlohmann::json& j, const std::string
       fail(where, ": attention recipe 'depths' is ",
            d == j.end() ? std::string("missing") : detail::value_text(*d),
            ", expected an array of depths (integers in [0, ", ModelLimits::max_n_layer, "])");
-    std::vector<int> depths;
+    std::vector<Index> depths;
     for (const nlohmann::json& v : *d) {
       if (!v.is_number_integer() || v.get<Index>() < 0 || v.get<Index>() > ModelLimits::max_n_layer)
         fail(where, ": attention recipe 'depths' holds ", detail::value_text(v),
              ", expected integers in [0, ", ModelLimits::max_n_layer, "]");
-      depths.push_back(static_cast<int>(v.get<Index>()));
+      depths.push_back(v.get<Index>());
     }
-    const long feature_width = recipe_width(j, where);
+    const Index feature_width = recipe_width(j, where);
     const bool embeddings = recipe_bool(j, "include_embeddings", where);
     return AttentionPlan::shortcut(std::move(depths), feature_width, embeddings);
   }
   if (kind == "dense_shortcut") {
-    const long feature_width = recipe_width(j, where);
+    const Index feature_width = recipe_width(j, where);
     const bool embeddings = recipe_bool(j, "include_embeddings", where);
     return AttentionPlan::dense_shortcut(feature_width, embeddings);
   }
@@ -218,7 +200,7 @@ inline AttentionPlan recipe_from_json(const nlohmann::json& j, const std::string
     // version 0.1.0 stored custom tables as {"kind": "custom", "table": [[[{"layer", "head"}]]]}
     if (!j.contains("table"))
       fail(where, ": a custom plan needs a 'table' (see docs/plan_schema.md)");
-    const long feature_width = j.contains("feature_width") ? recipe_width(j, where) : 0L;
+    const Index feature_width = j.contains("feature_width") ? recipe_width(j, where) : 0;
     return AttentionPlan::custom(table_from_json(j.at("table"), where), feature_width);
   }
   fail(where, ": attention kind '", kind,

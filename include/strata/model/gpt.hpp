@@ -142,37 +142,19 @@ class GPT {
   /// averaged over heads; each row sums to 1. Sources are numbered as in plan_table()[layer][h], so
   /// column j is residual depth source_depths(layer)[j]. Every head of the block must have the
   /// same number of sources. tokens [B, T].
-  Matrix<Scalar> attention_mass(ConstTokensRef tokens, Index layer) {
-    const char* fn = "GPT::attention_mass";
-    if (layer < 0 || layer >= cfg_.n_layer)
-      fail(fn, ": layer ", layer, " is out of range, expected 0..", cfg_.n_layer - 1);
-    const auto& heads = plan_.sources[size_t(layer)];
-    const Index NH = cfg_.n_head, S = Index(heads[0].size());
-    for (Index h = 1; h < NH; ++h)
-      if (Index(heads[size_t(h)].size()) != S)
-        fail(fn, ": the heads of layer ", layer, " have different numbers of sources (head 0 has ",
-             S, ", head ", h, " has ", heads[size_t(h)].size(), ")");
-    forward(tokens);
-    const LayerActs<Scalar>& a = train_.layers[size_t(layer)];
-    Matrix<Scalar> per_head(a.qkv.rows(), NH * S);
-    attention_source_mass(per_head, a.qkv.leftCols(cfg_.n_embd), a.lse, train_.sources[layer],
-                          train_.B, 0);
-    Matrix<Scalar> mass = Matrix<Scalar>::Zero(per_head.rows(), S);
-    for (Index h = 0; h < NH; ++h) mass += per_head.middleCols(h * S, S);
-    return mass / Scalar(NH);
-  }
+  Matrix<Scalar> attention_mass(ConstTokensRef tokens, Index layer);
 
   /// The residual-stream depths head 0 of block `layer` attends over, in source order (a layer
   /// source reads its block's input depth, a feature source the depth it maps).
-  std::vector<int> source_depths(Index layer) const {
+  std::vector<Index> source_depths(Index layer) const {
     STRATA_CHECK(layer >= 0 && layer < cfg_.n_layer, "GPT::source_depths: layer ", layer,
                  " is out of range, expected 0..", cfg_.n_layer - 1);
-    std::vector<int> out;
-    for (const SourceRef& s : plan_.sources[size_t(layer)][0]) out.push_back(int(source_depth(s)));
+    std::vector<Index> out;
+    for (const SourceRef& s : plan_.sources[size_t(layer)][0]) out.push_back(source_depth(s));
     return out;
   }
   /// source_depths of the final block: for a shortcut plan the depths J of SPEC §2.3.
-  std::vector<int> shortcut_depths() const { return source_depths(cfg_.n_layer - 1); }
+  std::vector<Index> shortcut_depths() const { return source_depths(cfg_.n_layer - 1); }
 
   /// An empty cache for `batch` sequences of up to `capacity` positions (0 = context_length; at
   /// most context_length). generate() asks for what it will use, so a short continuation of a
@@ -336,41 +318,11 @@ class GPT {
       cache_kv.middleRows(b * capacity + pos0, T) = src.block(b * T, col, T, 2 * C);
   }
 
-  // ---- forward
-  // ----------------------------------------------------------------------------------- Runs the
-  // decoder on tokens [B, T] at absolute positions pos0..pos0+T-1. With a cache, the new K/V rows
-  // are appended to it and attention reads the cache; otherwise attention reads ws.
+  // ---- forward ---------------------------------------------------------------------------------
+  // Runs the decoder on tokens [B, T] at absolute positions pos0..pos0+T-1. With a cache, the new
+  // K/V rows are appended to it and attention reads the cache; otherwise attention reads ws.
   void run_forward(Workspace<Scalar>& ws, ConstTokensRef tokens, Index pos0,
-                   KVCache<Scalar>* cache) {
-    const Index B = ws.B, T = ws.T, C = cfg_.n_embd, L = cfg_.n_layer;
-    bind_sources(ws, cache, pos0);
-    embedding_forward<Scalar>(ws.embed, tokens, p_.wte, p_.wpe, pos0);
-    for (Index l = 0; l < L; ++l) {
-      LayerActs<Scalar>& a = ws.layers[size_t(l)];
-      const BlockTensors<Scalar>& p = p_.blocks[size_t(l)];
-      const Matrix<Scalar>& in = residual(ws, input_depth(l));
-      layernorm_forward<Scalar>(a.ln1, a.ln1_mean, a.ln1_rstd, in, p.ln1_w, p.ln1_b);
-      for (const auto& [c0, w] : qkv_runs_[size_t(l)])
-        linear_forward<Scalar>(a.qkv.middleCols(c0, w), a.ln1, p.qkv_w.middleRows(c0, w),
-                               p.qkv_b.segment(c0, w));
-      if (cache)
-        append_to_cache(cache->layer_kv_[size_t(l)], a.qkv, C, B, T, pos0, cache->capacity_);
-      for (Index f : features_of_block_[size_t(l)]) {
-        FeatureActs<Scalar>& fa = ws.features[size_t(f)];
-        feature_forward(fa, p_.features[size_t(f)], residual(ws, plan_.features[size_t(f)].depth),
-                        p);
-        if (cache)
-          append_to_cache(cache->feature_kv_[size_t(f)], fa.kv, 0, B, T, pos0, cache->capacity_);
-      }
-      attention_forward<Scalar>(a.att, a.lse, a.qkv.leftCols(C), ws.sources[size_t(l)], B, pos0);
-      linear_forward<Scalar>(a.res_attn, a.att, p.proj_w, p.proj_b, in);
-      mlp_forward(a.mlp, a.res_out, a.res_attn, p.ln2_w, p.ln2_b, p.fc_w, p.fc_b, p.fcproj_w,
-                  p.fcproj_b, &a.res_attn);
-    }
-    layernorm_forward<Scalar>(ws.lnf, ws.lnf_mean, ws.lnf_rstd, ws.layers[size_t(L - 1)].res_out,
-                              p_.lnf_w, p_.lnf_b);
-    linear_forward<Scalar>(ws.logits, ws.lnf, p_.wte);
-  }
+                   KVCache<Scalar>* cache);
 
   // out = [*residual +] proj(gelu(fc(LN(in)))): a block's MLP (with its residual) or a feature map.
   // in [N, C], hidden [N, Cf or 4C], out [N, C].
@@ -415,63 +367,12 @@ class GPT {
                            block.qkv_b.segment(C, 2 * C));
   }
 
-  // ---- backward
-  // ---------------------------------------------------------------------------------- Mirror of
-  // run_forward for the mean loss; accumulates into the (zeroed) gradient arena. Blocks are visited
-  // L-1..0, so every head that reads an earlier block's K/V (skip layers) and every feature map of
-  // an earlier depth has added its share before that block's or depth's own backward reads it.
-  void run_backward(Workspace<Scalar>& ws, ConstTokensRef tokens, ConstTokensRef targets) {
-    const Index B = ws.B, N = ws.B * ws.T, C = cfg_.n_embd, L = cfg_.n_layer;
-    ws.dlogits.setZero();
-    cross_entropy_backward<Scalar>(ws.dlogits, ws.logits, ws.ce_lse, targets,
-                                   Scalar(1) / Scalar(N));
-    ws.dln.setZero();
-    linear_backward<Scalar>(ws.dln, g_.wte, ws.dlogits, ws.lnf, p_.wte);
-    ws.dres.setZero();
-    layernorm_backward<Scalar>(ws.dres, g_.lnf_w, g_.lnf_b, ws.dln,
-                               ws.layers[size_t(L - 1)].res_out, ws.lnf_mean, ws.lnf_rstd,
-                               p_.lnf_w);
-    for (LayerActs<Scalar>& a : ws.layers) a.dqkv.setZero();
-    for (FeatureActs<Scalar>& f : ws.features) {
-      f.dkv.setZero();
-      f.dres.setZero();
-    }
-
-    for (Index l = L - 1; l >= 0; --l) {
-      LayerActs<Scalar>& a = ws.layers[size_t(l)];
-      const BlockTensors<Scalar>& p = p_.blocks[size_t(l)];
-      BlockTensors<Scalar>& g = g_.blocks[size_t(l)];
-      const Matrix<Scalar>& in = residual(ws, input_depth(l));
-      // h_out = res_attn + MLP(ln2(res_attn)); ws.dres holds d h_out and becomes d res_attn
-      mlp_backward(ws.dres, g.ln2_w, g.ln2_b, g.fc_w, g.fc_b, g.fcproj_w, g.fcproj_b, ws.dres,
-                   a.mlp, a.res_attn, p.ln2_w, p.fc_w, p.fcproj_w, ws.dgelu, ws.dfc, ws.dln);
-      // res_attn = in + proj(attention(q, sources)); ws.dres now holds d res_attn
-      ws.datt.setZero();
-      linear_backward<Scalar>(ws.datt, g.proj_w, g.proj_b, ws.dres, a.att, p.proj_w);
-      attention_backward<Scalar>(a.dqkv.leftCols(C), ws.datt, a.qkv.leftCols(C), a.att, a.lse,
-                                 ws.sources[size_t(l)], B, 0);
-      for (Index f : features_of_block_[size_t(l)])
-        feature_backward(ws, ws.features[size_t(f)], p_.features[size_t(f)], g_.features[size_t(f)],
-                         residual(ws, plan_.features[size_t(f)].depth), p, g);
-      ws.dln.setZero();
-      for (const auto& [c0, w] : qkv_runs_[size_t(l)])
-        linear_backward<Scalar>(ws.dln, g.qkv_w.middleRows(c0, w), g.qkv_b.segment(c0, w),
-                                a.dqkv.middleCols(c0, w), a.ln1, p.qkv_w.middleRows(c0, w));
-      layernorm_backward<Scalar>(ws.dres, g.ln1_w, g.ln1_b, ws.dln, in, a.ln1_mean, a.ln1_rstd,
-                                 p.ln1_w);
-      // ws.dres now holds d h_l; add what the feature maps of depth l send back
-      for (Index f : features_of_depth_[size_t(input_depth(l))])
-        ws.dres += ws.features[size_t(f)].dres;
-      // Block l's tensors get no more gradient; the top of the arena (the final block, ln_f and
-      // every feature map, which follow the blocks in the layout) is final once the lowest block
-      // that reads a feature map is done.
-      if (gradient_ready_ && l <= hook_top_block_)
-        gradient_ready_(block_offset(l),
-                        l == hook_top_block_ ? grads_.size() : block_offset(l + 1));
-    }
-    embedding_backward<Scalar>(g_.wte, g_.wpe, ws.dres, tokens, 0);
-    if (gradient_ready_) gradient_ready_(0, block_offset(0));
-  }
+  // ---- backward --------------------------------------------------------------------------------
+  // Mirror of run_forward for the mean loss; accumulates into the (zeroed) gradient arena. Blocks
+  // are visited L-1..0, so every head that reads an earlier block's K/V (skip layers) and every
+  // feature map of an earlier depth has added its share before that block's or depth's own
+  // backward reads it.
+  void run_backward(Workspace<Scalar>& ws, ConstTokensRef tokens, ConstTokensRef targets);
   // First element of block l's tensors in the arena.
   Index block_offset(Index l) const { return Index(g_.blocks[l].ln1_w.data() - grads_.data()); }
 
@@ -502,5 +403,120 @@ class GPT {
 
   Workspace<Scalar> train_, decode_;
 };
+
+// ---- the passes, out of line ----------------------------------------------------------------
+
+template <typename Scalar>
+Matrix<Scalar> GPT<Scalar>::attention_mass(ConstTokensRef tokens, Index layer) {
+  const char* fn = "GPT::attention_mass";
+  if (layer < 0 || layer >= cfg_.n_layer)
+    fail(fn, ": layer ", layer, " is out of range, expected 0..", cfg_.n_layer - 1);
+  const auto& heads = plan_.sources[size_t(layer)];
+  const Index NH = cfg_.n_head, S = Index(heads[0].size());
+  for (Index h = 1; h < NH; ++h)
+    if (Index(heads[size_t(h)].size()) != S)
+      fail(fn, ": the heads of layer ", layer, " have different numbers of sources (head 0 has ", S,
+           ", head ", h, " has ", heads[size_t(h)].size(), ")");
+  forward(tokens);
+  const LayerActs<Scalar>& a = train_.layers[size_t(layer)];
+  Matrix<Scalar> per_head(a.qkv.rows(), NH * S);
+  attention_source_mass(per_head, a.qkv.leftCols(cfg_.n_embd), a.lse, train_.sources[layer],
+                        train_.B, 0);
+  Matrix<Scalar> mass = Matrix<Scalar>::Zero(per_head.rows(), S);
+  for (Index h = 0; h < NH; ++h) mass += per_head.middleCols(h * S, S);
+  return mass / Scalar(NH);
+}
+
+template <typename Scalar>
+void GPT<Scalar>::run_forward(Workspace<Scalar>& ws, ConstTokensRef tokens, Index pos0,
+                              KVCache<Scalar>* cache) {
+  const Index B = ws.B, T = ws.T, C = cfg_.n_embd, L = cfg_.n_layer;
+  bind_sources(ws, cache, pos0);
+  embedding_forward<Scalar>(ws.embed, tokens, p_.wte, p_.wpe, pos0);
+  for (Index l = 0; l < L; ++l) {
+    LayerActs<Scalar>& a = ws.layers[size_t(l)];
+    const BlockTensors<Scalar>& p = p_.blocks[size_t(l)];
+    const Matrix<Scalar>& in = residual(ws, input_depth(l));
+    layernorm_forward<Scalar>(a.ln1, a.ln1_mean, a.ln1_rstd, in, p.ln1_w, p.ln1_b);
+    for (const auto& [c0, w] : qkv_runs_[size_t(l)])
+      linear_forward<Scalar>(a.qkv.middleCols(c0, w), a.ln1, p.qkv_w.middleRows(c0, w),
+                             p.qkv_b.segment(c0, w));
+    if (cache) append_to_cache(cache->layer_kv_[size_t(l)], a.qkv, C, B, T, pos0, cache->capacity_);
+    for (Index f : features_of_block_[size_t(l)]) {
+      FeatureActs<Scalar>& fa = ws.features[size_t(f)];
+      feature_forward(fa, p_.features[size_t(f)], residual(ws, plan_.features[size_t(f)].depth), p);
+      if (cache)
+        append_to_cache(cache->feature_kv_[size_t(f)], fa.kv, 0, B, T, pos0, cache->capacity_);
+    }
+    attention_forward<Scalar>(a.att, a.lse, a.qkv.leftCols(C), ws.sources[size_t(l)], B, pos0);
+    linear_forward<Scalar>(a.res_attn, a.att, p.proj_w, p.proj_b, in);
+    mlp_forward(a.mlp, a.res_out, a.res_attn, p.ln2_w, p.ln2_b, p.fc_w, p.fc_b, p.fcproj_w,
+                p.fcproj_b, &a.res_attn);
+  }
+  layernorm_forward<Scalar>(ws.lnf, ws.lnf_mean, ws.lnf_rstd, ws.layers[size_t(L - 1)].res_out,
+                            p_.lnf_w, p_.lnf_b);
+  linear_forward<Scalar>(ws.logits, ws.lnf, p_.wte);
+}
+
+template <typename Scalar>
+void GPT<Scalar>::run_backward(Workspace<Scalar>& ws, ConstTokensRef tokens,
+                               ConstTokensRef targets) {
+  const Index B = ws.B, N = ws.B * ws.T, C = cfg_.n_embd, L = cfg_.n_layer;
+  ws.dlogits.setZero();
+  cross_entropy_backward<Scalar>(ws.dlogits, ws.logits, ws.ce_lse, targets, Scalar(1) / Scalar(N));
+  ws.dln.setZero();
+  linear_backward<Scalar>(ws.dln, g_.wte, ws.dlogits, ws.lnf, p_.wte);
+  ws.dres.setZero();
+  layernorm_backward<Scalar>(ws.dres, g_.lnf_w, g_.lnf_b, ws.dln, ws.layers[size_t(L - 1)].res_out,
+                             ws.lnf_mean, ws.lnf_rstd, p_.lnf_w);
+  for (LayerActs<Scalar>& a : ws.layers) a.dqkv.setZero();
+  for (FeatureActs<Scalar>& f : ws.features) {
+    f.dkv.setZero();
+    f.dres.setZero();
+  }
+
+  for (Index l = L - 1; l >= 0; --l) {
+    LayerActs<Scalar>& a = ws.layers[size_t(l)];
+    const BlockTensors<Scalar>& p = p_.blocks[size_t(l)];
+    BlockTensors<Scalar>& g = g_.blocks[size_t(l)];
+    const Matrix<Scalar>& in = residual(ws, input_depth(l));
+    // h_out = res_attn + MLP(ln2(res_attn)); ws.dres holds d h_out and becomes d res_attn
+    mlp_backward(ws.dres, g.ln2_w, g.ln2_b, g.fc_w, g.fc_b, g.fcproj_w, g.fcproj_b, ws.dres, a.mlp,
+                 a.res_attn, p.ln2_w, p.fc_w, p.fcproj_w, ws.dgelu, ws.dfc, ws.dln);
+    // res_attn = in + proj(attention(q, sources)); ws.dres now holds d res_attn
+    ws.datt.setZero();
+    linear_backward<Scalar>(ws.datt, g.proj_w, g.proj_b, ws.dres, a.att, p.proj_w);
+    attention_backward<Scalar>(a.dqkv.leftCols(C), ws.datt, a.qkv.leftCols(C), a.att, a.lse,
+                               ws.sources[size_t(l)], B, 0);
+    for (Index f : features_of_block_[size_t(l)])
+      feature_backward(ws, ws.features[size_t(f)], p_.features[size_t(f)], g_.features[size_t(f)],
+                       residual(ws, plan_.features[size_t(f)].depth), p, g);
+    ws.dln.setZero();
+    for (const auto& [c0, w] : qkv_runs_[size_t(l)])
+      linear_backward<Scalar>(ws.dln, g.qkv_w.middleRows(c0, w), g.qkv_b.segment(c0, w),
+                              a.dqkv.middleCols(c0, w), a.ln1, p.qkv_w.middleRows(c0, w));
+    layernorm_backward<Scalar>(ws.dres, g.ln1_w, g.ln1_b, ws.dln, in, a.ln1_mean, a.ln1_rstd,
+                               p.ln1_w);
+    // ws.dres now holds d h_l; add what the feature maps of depth l send back
+    for (Index f : features_of_depth_[size_t(input_depth(l))])
+      ws.dres += ws.features[size_t(f)].dres;
+    // Block l's tensors get no more gradient; the top of the arena (the final block, ln_f and
+    // every feature map, which follow the blocks in the layout) is final once the lowest block
+    // that reads a feature map is done.
+    if (gradient_ready_ && l <= hook_top_block_)
+      gradient_ready_(block_offset(l), l == hook_top_block_ ? grads_.size() : block_offset(l + 1));
+  }
+  embedding_backward<Scalar>(g_.wte, g_.wpe, ws.dres, tokens, 0);
+  if (gradient_ready_) gradient_ready_(0, block_offset(0));
+}
+// The passes above are defined outside the class, so that they are not inline: a program that
+// defines STRATA_EXTERN_TEMPLATES compiles them for float and double once, in the one file that
+// holds the explicit instantiations `template class strata::GPT<float>;` and
+// `template class strata::GPT<double>;` (compiled with the same Eigen settings), instead of in
+// every file that uses the model. strata's own tests build this way (tests/instances.cpp).
+#if defined(STRATA_EXTERN_TEMPLATES)
+extern template class GPT<float>;
+extern template class GPT<double>;
+#endif
 
 }  // namespace strata
