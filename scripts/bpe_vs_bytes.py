@@ -100,7 +100,8 @@ def main():
         cmd = [train, "--tokens", prefix, "--steps", str(a.steps), "--eval-interval", str(eval_interval),
                "--eval-batches", "100000", "--seed", str(a.seed), "--threads", str(a.threads),
                "--checkpoint", prefix + ".safetensors", "--checkpoint-interval", "0", "--log", log,
-               "--sample-tokens", "120", "--quiet"] + a.model_flags.split()
+               "--sample-tokens", "120", "--quiet",
+               "--overwrite"] + a.model_flags.split()  # a rerun replaces this script's own outputs
         t0 = time.time()
         out, err = run(cmd, capture=True, capture_stderr=True)
         r["seconds"] = time.time() - t0

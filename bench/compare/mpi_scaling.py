@@ -62,7 +62,7 @@ def main():
         for size in a.sizes.split(","):
             common = SIZES[size] + ["--steps", steps[size], "--eval-interval", "1000000",
                                     "--eval-batches", "1", "--sample-tokens", "0",
-                                    "--checkpoint-interval", "0", "--quiet",
+                                    "--checkpoint-interval", "0", "--quiet", "--overwrite",
                                     "--checkpoint", os.path.join(tmp, "m.safetensors")]
             log = os.path.join(tmp, "log.jsonl")
             one, two, shares = [], [], []
