@@ -13,6 +13,8 @@
 //   forward  Y  = X  W^T   (M = N, N = out, K = in)
 //   dX       dX = dY W     (M = N, N = in,  K = out)
 //   dW       dW = dY^T X   (M = out, N = in, K = N)
+#include <omp.h>
+
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -21,8 +23,6 @@
 #include <random>
 #include <string>
 #include <vector>
-
-#include <omp.h>
 
 #if defined(GEMM_OPENBLAS) || defined(GEMM_BLIS)
 #include <cblas.h>
@@ -136,10 +136,10 @@ int main(int argc, char** argv) {
   set_threads(threads);
   // B x T = 2048 rows for both models (bench/bench_common.hpp); V = 256 (bytes).
   const Layer layers[] = {
-      {"tiny", "qkv", 2048, 128, 384},     {"tiny", "proj", 2048, 128, 128},
-      {"tiny", "fc", 2048, 128, 512},      {"tiny", "fcproj", 2048, 512, 128},
-      {"tiny", "head", 2048, 128, 256},    {"small", "qkv", 2048, 384, 1152},
-      {"small", "proj", 2048, 384, 384},   {"small", "fc", 2048, 384, 1536},
+      {"tiny", "qkv", 2048, 128, 384},      {"tiny", "proj", 2048, 128, 128},
+      {"tiny", "fc", 2048, 128, 512},       {"tiny", "fcproj", 2048, 512, 128},
+      {"tiny", "head", 2048, 128, 256},     {"small", "qkv", 2048, 384, 1152},
+      {"small", "proj", 2048, 384, 384},    {"small", "fc", 2048, 384, 1536},
       {"small", "fcproj", 2048, 1536, 384}, {"small", "head", 2048, 384, 256},
   };
   for (const Layer& l : layers) {
@@ -154,10 +154,11 @@ int main(int argc, char** argv) {
     for (const Op& op : ops) {
       const double ms = time_ms(op.ta, op.tb, op.M, op.N, op.K, min_s);
       const double gflops = 2.0 * double(op.M) * double(op.N) * double(op.K) / (ms * 1e6);
-      std::printf("{\"lib\": \"%s\", \"threads\": %d, \"model\": \"%s\", \"layer\": \"%s\", "
-                  "\"op\": \"%s\", \"M\": %ld, \"N\": %ld, \"K\": %ld, \"ms\": %.5f, "
-                  "\"gflops\": %.2f}\n",
-                  kLib, threads, l.model, l.name, op.name, op.M, op.N, op.K, ms, gflops);
+      std::printf(
+          "{\"lib\": \"%s\", \"threads\": %d, \"model\": \"%s\", \"layer\": \"%s\", "
+          "\"op\": \"%s\", \"M\": %ld, \"N\": %ld, \"K\": %ld, \"ms\": %.5f, "
+          "\"gflops\": %.2f}\n",
+          kLib, threads, l.model, l.name, op.name, op.M, op.N, op.K, ms, gflops);
       std::fflush(stdout);
     }
   }
