@@ -1,6 +1,6 @@
 // cmake/instances/gpt_float.cpp: GPT<float>'s forward and backward passes compiled once for all of
 // strata's own programs (tests, examples, benchmarks), which define STRATA_EXTERN_TEMPLATES and
-// link this (the strata_model_instances library of CMakeLists.txt).
+// link this (the strata_model_float library of CMakeLists.txt).
 #include <strata/model/gpt.hpp>
 
 template class strata::GPT<float>;
