@@ -1,22 +1,6 @@
+#include "alloc_counter.hpp"  // first: it configures Eigen before Eigen is included
 // tests/test_attention.cpp: the multi-source causal attention kernel against the naive reference,
 // finite differences, accumulation, causality, source mass, errors, threads and no-allocation.
-
-// Eigen's heap allocations are checked at run time; eigen_assert (which reports them) counts
-// failures instead of aborting, and stays on in Release builds.
-#define EIGEN_RUNTIME_NO_MALLOC
-#include <atomic>
-#include <cstdio>
-namespace attention_test {
-inline std::atomic<int> eigen_assert_failures{0};
-inline void eigen_assert_failed(const char* what) {
-  ++eigen_assert_failures;
-  std::fprintf(stderr, "eigen_assert failed: %s\n", what);
-}
-}  // namespace attention_test
-#define eigen_assert(x)                                  \
-  do {                                                   \
-    if (!(x)) ::attention_test::eigen_assert_failed(#x); \
-  } while (false)
 
 #include <cmath>
 #include <functional>
@@ -781,12 +765,12 @@ TEST(AttentionErrors, MakeSourcesValidation) {
 
 TEST(AttentionNoMalloc, RuntimeCheckIsLive) {
   // The mechanism itself: a dynamic matrix allocated while forbidden is reported.
-  attention_test::eigen_assert_failures = 0;
+  alloc_counter::eigen_assert_failures = 0;
   Eigen::internal::set_is_malloc_allowed(false);
   { Matrix<double> m(10, 10); }
   Eigen::internal::set_is_malloc_allowed(true);
-  EXPECT_EQ(attention_test::eigen_assert_failures.load(), 1);
-  attention_test::eigen_assert_failures = 0;
+  EXPECT_EQ(alloc_counter::eigen_assert_failures.load(), 1);
+  alloc_counter::eigen_assert_failures = 0;
 }
 
 TYPED_TEST(AttentionTyped, NoHeapAllocationInKernels) {
@@ -814,13 +798,13 @@ TYPED_TEST(AttentionTyped, NoHeapAllocationInKernels) {
     // but the test should measure only the kernels).
     const Eigen::Ref<Matrix<S>> out = call.out(), dq = call.dq();
     const Eigen::Ref<const Matrix<S>> q = call.q();
-    attention_test::eigen_assert_failures = 0;
+    alloc_counter::eigen_assert_failures = 0;
     Eigen::internal::set_is_malloc_allowed(false);
     strata::attention_forward(out, call.lse, q, sources, sh.B, sh.q_pos);
     strata::attention_backward(dq, call.dout, q, out, call.lse, sources, sh.B, sh.q_pos);
     strata::attention_source_mass(mass, q, call.lse, sources, sh.B, sh.q_pos);
     Eigen::internal::set_is_malloc_allowed(true);
-    EXPECT_EQ(attention_test::eigen_assert_failures.load(), 0);
+    EXPECT_EQ(alloc_counter::eigen_assert_failures.load(), 0);
     EXPECT_TRUE(call.out().allFinite());
   }
   // the single-source overloads
@@ -832,12 +816,12 @@ TYPED_TEST(AttentionTyped, NoHeapAllocationInKernels) {
                                     v = qkv.rightCols(C);
   const Eigen::Ref<Matrix<S>> dq = dqkv.leftCols(C), dk = dqkv.middleCols(C, C),
                               dv = dqkv.rightCols(C);
-  attention_test::eigen_assert_failures = 0;
+  alloc_counter::eigen_assert_failures = 0;
   Eigen::internal::set_is_malloc_allowed(false);
   strata::attention_forward<S>(out, lse, q, k, v, NH, B);
   strata::attention_backward<S>(dq, dk, dv, dout, q, k, v, out, lse, NH, B);
   Eigen::internal::set_is_malloc_allowed(true);
-  EXPECT_EQ(attention_test::eigen_assert_failures.load(), 0);
+  EXPECT_EQ(alloc_counter::eigen_assert_failures.load(), 0);
 }
 
 }  // namespace
