@@ -5,14 +5,15 @@ Builds bench/compare/gemm_backends.cpp once per library that is installed (OpenB
 Eigen always), runs the programs alternately for --rounds rounds at 1 and 2 threads, and prints a
 Markdown table: GFLOP/s of every product of a training step (each linear layer's forward, dX and
 dW) of the tiny and small models, and the products' total time per training step for each library
-with its share of the FMA ceiling measured on the spot (build/bench/strata_fma_ceiling).
+with its share of the FMA ceiling measured on the spot (build/bench/strata_fma_ceiling, or the
+one-file program compiled into --build-dir, as compare.py does).
 
     python3 bench/compare/gemm_backends.py                        # 3 rounds, 1 and 2 threads
     python3 bench/compare/gemm_backends.py --rounds 1 --threads 2 --out gemm_backends.md
 
 Debian packages: libopenblas-openmp-dev, libblis-dev (with libblis-openmp-dev), libdnnl-dev.
 OpenBLAS runs with OPENBLAS_CORETYPE set to the widest core the CPU's flags allow (SkylakeX with
-AVX-512, Haswell with AVX2), on its own command only, as compare.py does. LIBXSMM (libxsmm-dev) is
+AVX-512, Haswell with AVX2; compare.py's choice), on its own command only. LIBXSMM (libxsmm-dev) is
 not a column: its sgemm hands products above its small-matrix limit (M N K > 64^3, every product
 here) to the BLAS it is linked with, so it would measure that BLAS again; its JIT kernels would
 need strata to tile the products itself.
@@ -26,7 +27,8 @@ import subprocess
 import sys
 import time
 
-from machine import cpu_flags, cpu_model, git_commit, loadavg  # bench/compare/machine.py
+from compare import blas_core_for_cpu, fma_program, measure_ceiling  # bench/compare/compare.py
+from machine import cpu_model, git_commit, loadavg  # bench/compare/machine.py
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
@@ -76,23 +78,6 @@ def build(libs, outdir):
     return exes
 
 
-def blas_core():
-    flags = cpu_flags()
-    if {"avx512f", "avx512bw", "avx512vl", "avx512dq"} <= flags:
-        return "SkylakeX"
-    return "Haswell" if {"avx2", "fma"} <= flags else None
-
-
-def ceiling(threads):
-    exe = os.path.join(ROOT, "build", "bench", "strata_fma_ceiling")
-    if not os.access(exe, os.X_OK):
-        return None
-    out = subprocess.run([exe, "--threads", ",".join(map(str, threads)), "--widest-only"],
-                         capture_output=True, text=True, check=True).stdout
-    data = json.loads(out)
-    return {int(t): v["median"] for t, v in data["gflops"][data["widest_isa"]].items()}
-
-
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", default="1,2", help="comma list of thread counts")
@@ -107,12 +92,14 @@ def main():
     exes = build(libraries(), a.build_dir)
     if not exes:
         die("nothing built")
-    core = blas_core()
+    core = blas_core_for_cpu()
     load_before = loadavg()
-    ceil = ceiling(threads)
+    fma = fma_program(os.path.join(ROOT, "build"), a.build_dir)
+    ceil = measure_ceiling(fma, threads)["gflops"]
     t0 = time.time()
     runs = {}  # (lib, threads, model, layer, op) -> [gflops]
     ms = {}
+    shapes = {}  # (model, layer, op) -> (M, N, K), as the program reports them
     for rnd in range(a.rounds):
         for t in threads:
             for lib, exe in exes.items():
@@ -128,6 +115,7 @@ def main():
                     key = (lib, t, r["model"], r["layer"], r["op"])
                     runs.setdefault(key, []).append(r["gflops"])
                     ms.setdefault(key, []).append(r["ms"])
+                    shapes[key[2:]] = (r["M"], r["N"], r["K"])
                 print(f"gemm_backends: round {rnd + 1}/{a.rounds}, {t} thread(s), {lib} done",
                       file=sys.stderr)
     libs = list(exes)
@@ -135,8 +123,7 @@ def main():
              f"{time.strftime('%Y-%m-%d %H:%M')}, commit {git_commit()}",
              "",
              f"- FMA ceiling (fp32, widest ISA, measured on the spot): "
-             + (", ".join(f"{v:.0f} GFLOP/s on {k} thread(s)" for k, v in sorted(ceil.items()))
-                if ceil else "not measured (build/bench/strata_fma_ceiling not built)"),
+             + ", ".join(f"{v:.0f} GFLOP/s on {k} thread(s)" for k, v in sorted(ceil.items())),
              f"- OpenBLAS core: {core or 'as found'} (set for its own command only); "
              f"{a.rounds} round(s), libraries alternating, medians over rounds; each figure is "
              f"the median of 5 timed batches of >= {a.min_time} s",
@@ -166,15 +153,14 @@ def main():
                     cells.append(f"{g:.0f}")
                 best = max(range(len(libs)), key=lambda i: float(cells[i]))
                 cells[best] = f"**{cells[best]}**"
-                M, N, K = shape_of(model, layer, op)
+                M, N, K = shapes[(model, layer, op)]
                 flops += count * 2.0 * M * N * K
                 lines.append(f"| {layer} | {op} | {M} x {N} x {K} | " + " | ".join(cells) + " |")
             row = "| all products of a step | | ms (GFLOP/s, % of ceiling) | "
             cells = []
             for lib in libs:
                 g = flops / (totals[lib] * 1e6)
-                pct = f", {100 * g / ceil[t]:.0f}%" if ceil and t in ceil else ""
-                cells.append(f"{totals[lib]:.1f} ({g:.0f}{pct})")
+                cells.append(f"{totals[lib]:.1f} ({g:.0f}, {100 * g / ceil[t]:.0f}%)")
             lines.append(row + " | ".join(cells) + " |")
             lines.append("")
     text = "\n".join(lines)
@@ -182,14 +168,6 @@ def main():
     if a.out:
         with open(a.out, "w") as f:
             f.write(text + "\n")
-
-
-def shape_of(model, layer, op):
-    C = {"tiny": 128, "small": 384}[model]
-    io = {"qkv": (C, 3 * C), "proj": (C, C), "fc": (C, 4 * C), "fcproj": (4 * C, C),
-          "head": (C, 256)}[layer]
-    n_in, n_out = io
-    return {"fwd": (2048, n_out, n_in), "dX": (2048, n_in, n_out), "dW": (n_out, n_in, 2048)}[op]
 
 
 if __name__ == "__main__":
