@@ -18,7 +18,7 @@ run() { echo "+ $*"; "$@"; }
 command -v cmake >/dev/null 2>&1 || die "cmake not found; run scripts/setup.sh first"
 jobs="$(nproc 2>/dev/null || echo 2)"
 
-run cmake -S . -B build -DCMAKE_BUILD_TYPE=Release -DSTRATA_BUILD_EXAMPLES=ON -DSTRATA_NATIVE=ON -DSTRATA_USE_BLAS=ON -DSTRATA_USE_SENTENCEPIECE=ON \
+run cmake -S . -B build -DCMAKE_BUILD_TYPE=Release -DSTRATA_BUILD_EXAMPLES=ON -DSTRATA_NATIVE=ON -DSTRATA_USE_BLAS=ON -DSTRATA_USE_DNNL=ON -DSTRATA_USE_SENTENCEPIECE=ON \
   || die "configuring failed (missing packages? run scripts/setup.sh)"
 run cmake --build build -j "${jobs}" --target train generate || die "building the examples failed"
 [[ -x build/examples/train ]] || die "build/examples/train was not built"

@@ -13,13 +13,21 @@
 // In double only: FiniteDifferences (every input, loss sum(R o out) or the mean cross-entropy,
 // relative error < 1e-6), Errors (exact what() text), and special values.
 #include <algorithm>
+#include <atomic>
+#include <chrono>
 #include <cmath>
 #include <cstring>
 #include <limits>
 #include <string>
+#include <thread>
 #include <type_traits>
 #include <utility>
 #include <vector>
+
+#if defined(__unix__)
+#include <signal.h>
+#include <unistd.h>
+#endif
 
 #include <gtest/gtest.h>
 
@@ -113,10 +121,18 @@ TEST(Threading, SetNumThreadsGovernsEveryParallelRegion) {
   }
   EXPECT_STRATA_ERROR(strata::set_num_threads(-1),
                       "set_num_threads: n = -1, expected >= 0 (0 means all cores)");
+  std::string backend = strata::product_backend();
+#if defined(STRATA_USE_DNNL)
+  // "oneDNN 2.6.3 (linear layers, float; ISA avx2), other products: <the rest>"
+  EXPECT_EQ(backend.rfind("oneDNN ", 0), 0u) << backend;
+  const std::string rest = ", other products: ";
+  ASSERT_NE(backend.find(rest), std::string::npos) << backend;
+  backend = backend.substr(backend.find(rest) + rest.size());
+#endif
 #if defined(EIGEN_USE_BLAS)
-  EXPECT_EQ(strata::product_backend().rfind("BLAS", 0), 0u) << strata::product_backend();
+  EXPECT_EQ(backend.rfind("BLAS", 0), 0u) << backend;
 #else
-  EXPECT_EQ(strata::product_backend(), "Eigen");
+  EXPECT_EQ(backend, "Eigen");
 #endif
 }
 
@@ -617,6 +633,68 @@ TEST(LinearGradient, FiniteDifferences) {
   st::expect_gradient_close("linear (no bias) dinp", loss_nb, inp, dinp_nb, kGradTol);
   st::expect_gradient_close("linear (no bias) dweight", loss_nb, weight, dweight_nb, kGradTol);
 }
+
+#if defined(__unix__)
+std::atomic<int> g_signals_seen{0};
+extern "C" void count_signal(int) { g_signals_seen.fetch_add(1, std::memory_order_relaxed); }
+
+// A program with signal handlers (train's SIGINT/SIGTERM, a sampling profiler) must survive
+// signals that arrive in the middle of a product: oneDNN 2.6's JIT GEMM kernels point the stack
+// register into the heap while they run, so a signal frame pushed there corrupts the heap (fixed
+// upstream in oneDNN 3.11.2); strata keeps signals away from those kernels. Products of tiny's
+// shapes on two threads run while another thread signals the process every few microseconds; the
+// results must stay exact and the heap whole (glibc aborts the test program when it is not).
+TEST(LinearSignals, ProductsSurviveSignalsDuringTheProduct) {
+  ThreadCountGuard guard;
+  strata::set_num_threads(2);
+  struct sigaction action = {}, saved = {};
+  action.sa_handler = count_signal;
+  sigemptyset(&action.sa_mask);
+  ASSERT_EQ(sigaction(SIGUSR1, &action, &saved), 0);
+  g_signals_seen = 0;
+
+  Rng rng(3);
+  const Index N = 512, IC = 128, OC = 384;
+  Matrix<float> inp(N, IC), weight(OC, IC), dout(N, OC);
+  for (auto* m : {&inp, &weight, &dout})
+    for (Index i = 0; i < m->size(); ++i) m->data()[i] = float(rng.uniform() - 0.5);
+  const Vector<float> bias = Vector<float>::Zero(OC);
+  Matrix<float> expected_out(N, OC), expected_dinp = Matrix<float>::Zero(N, IC),
+                                     expected_dw = Matrix<float>::Zero(OC, IC);
+  Vector<float> dbias = Vector<float>::Zero(OC);
+  strata::linear_forward<float>(expected_out, inp, weight, bias);
+  strata::linear_backward<float>(expected_dinp, expected_dw, dbias, dout, inp, weight);
+
+  std::atomic<bool> done{false};
+  std::thread sender([&] {
+    while (!done.load()) {
+      ::kill(::getpid(), SIGUSR1);
+      std::this_thread::sleep_for(std::chrono::microseconds(20));
+    }
+  });
+  int mismatches = 0;
+  const auto until = std::chrono::steady_clock::now() + std::chrono::milliseconds(700);
+  int rounds = 0;
+  while (std::chrono::steady_clock::now() < until || rounds < 10) {
+    Matrix<float> out(N, OC), dinp = Matrix<float>::Zero(N, IC), dw = Matrix<float>::Zero(OC, IC);
+    dbias.setZero();
+    strata::linear_forward<float>(out, inp, weight, bias);
+    strata::linear_backward<float>(dinp, dw, dbias, dout, inp, weight);
+    mismatches += !st::bit_equal(out, expected_out) + !st::bit_equal(dinp, expected_dinp)
+                + !st::bit_equal(dw, expected_dw);
+    std::vector<std::vector<char>> churn(64);  // allocate and free: glibc checks its chunks
+    for (std::size_t i = 0; i < churn.size(); ++i) churn[i].resize(100 + 97 * i);
+    ++rounds;
+  }
+  done = true;
+  sender.join();
+  sigaction(SIGUSR1, &saved, nullptr);
+  EXPECT_EQ(mismatches, 0) << "products changed when interrupted by signals";
+  EXPECT_GT(g_signals_seen.load(), 100) << "the signals were not delivered: the test tests nothing";
+  RecordProperty("signals", g_signals_seen.load());
+  RecordProperty("rounds", rounds);
+}
+#endif
 
 TEST(LinearErrors, ExactMessages) {
   const Index N = 2, IC = 4, OC = 3;

@@ -1,5 +1,5 @@
 // strata/core/threading.hpp: one knob for every parallel region (OpenMP loops, Eigen's GEMM and,
-// in a STRATA_USE_BLAS build, the BLAS library's threads).
+// in a STRATA_USE_BLAS or STRATA_USE_DNNL build, the library's threads).
 #pragma once
 
 #include <algorithm>
@@ -23,6 +23,10 @@ extern "C" char* openblas_get_config(void);
 extern "C" char* openblas_get_corename(void);
 #endif
 
+#if defined(STRATA_USE_DNNL)
+#include <oneapi/dnnl/dnnl.h>
+#endif
+
 namespace strata {
 
 /// Sets the number of threads used by strata's own parallel loops, by Eigen's products and, in a
@@ -40,16 +44,50 @@ inline void set_num_threads(int n) {
 #endif
 }
 
+/// The instruction set oneDNN's kernels run on, as oneDNN names it, and its SIMD width in bits
+/// (0 when unknown). Only in a STRATA_USE_DNNL build.
+#if defined(STRATA_USE_DNNL)
+struct DnnlIsa {
+  const char* name;
+  int bits;
+};
+inline DnnlIsa dnnl_isa() {
+  switch (dnnl_get_effective_cpu_isa()) {
+    case dnnl_cpu_isa_avx512_core_amx: return {"avx512_core_amx", 512};
+    case dnnl_cpu_isa_avx512_core_bf16: return {"avx512_core_bf16", 512};
+    case dnnl_cpu_isa_avx512_core_vnni: return {"avx512_core_vnni", 512};
+    case dnnl_cpu_isa_avx512_core: return {"avx512_core", 512};
+    case dnnl_cpu_isa_avx512_mic_4ops: return {"avx512_mic_4ops", 512};
+    case dnnl_cpu_isa_avx512_mic: return {"avx512_mic", 512};
+    case dnnl_cpu_isa_avx2_vnni: return {"avx2_vnni", 256};
+    case dnnl_cpu_isa_avx2: return {"avx2", 256};
+    case dnnl_cpu_isa_avx: return {"avx", 256};
+    case dnnl_cpu_isa_sse41: return {"sse41", 128};
+    default: return {"unknown", 0};
+  }
+}
+#endif
+
 /// What computes the matrix products: "Eigen" (the header-only default), or, in a build with the
 /// CMake option STRATA_USE_BLAS (EIGEN_USE_BLAS), "BLAS" followed by OpenBLAS's configuration
-/// string when the library is OpenBLAS.
+/// string when the library is OpenBLAS. In a STRATA_USE_DNNL build, the linear layers' float
+/// products go to oneDNN (named first, with its version and instruction set) and the rest to the
+/// library that follows.
 inline std::string product_backend() {
 #if defined(EIGEN_USE_BLAS) && defined(STRATA_HAVE_OPENBLAS)
-  return std::string("BLAS (") + openblas_get_config() + ")";
+  std::string rest = std::string("BLAS (") + openblas_get_config() + ")";
 #elif defined(EIGEN_USE_BLAS)
-  return "BLAS";
+  std::string rest = "BLAS";
 #else
-  return "Eigen";
+  std::string rest = "Eigen";
+#endif
+#if defined(STRATA_USE_DNNL)
+  const dnnl_version_t* v = dnnl_version();
+  return "oneDNN " + std::to_string(v->major) + "." + std::to_string(v->minor) + "."
+       + std::to_string(v->patch) + " (linear layers, float; ISA " + dnnl_isa().name
+       + "), other products: " + rest;
+#else
+  return rest;
 #endif
 }
 
@@ -93,8 +131,9 @@ inline int cpu_simd_bits() {
 
 /// Warnings for kernels narrower than the CPU: Eigen compiled for narrower SIMD than the CPU runs
 /// (build without -march=native), or, in a STRATA_USE_BLAS build with OpenBLAS, OpenBLAS running
-/// a core narrower than the CPU (typically OPENBLAS_CORETYPE set in the environment). Each line
-/// says what was found and how to fix it; empty when the kernels match the CPU.
+/// a core narrower than the CPU (typically OPENBLAS_CORETYPE set in the environment), or, in a
+/// STRATA_USE_DNNL build, oneDNN limited to a narrower instruction set (ONEDNN_MAX_CPU_ISA). Each
+/// line says what was found and how to fix it; empty when the kernels match the CPU.
 inline std::string kernel_width_warnings() {
   std::string out;
   const int cpu = cpu_simd_bits();
@@ -117,6 +156,19 @@ inline std::string kernel_width_warnings() {
       out += std::string("; OPENBLAS_CORETYPE=") + env + " is set in the environment: set it to "
            + (cpu == 512 ? "SkylakeX" : "Haswell")
            + " for this command (if this OpenBLAS runs correctly on the CPU) or unset it";
+    out += "\n";
+  }
+#endif
+#if defined(STRATA_USE_DNNL)
+  const DnnlIsa isa = dnnl_isa();
+  if (isa.bits > 0 && isa.bits < cpu) {
+    const char* env = std::getenv("ONEDNN_MAX_CPU_ISA");
+    if (!env || !*env) env = std::getenv("DNNL_MAX_CPU_ISA");
+    out += std::string("warning: oneDNN runs its ") + isa.name + " kernels ("
+         + std::to_string(isa.bits) + "-bit), but this CPU runs " + std::to_string(cpu)
+         + "-bit SIMD: the linear layers' products may run up to " + std::to_string(cpu / isa.bits)
+         + "x slower than the CPU allows";
+    if (env && *env) out += std::string("; the environment limits it (") + env + "): unset it";
     out += "\n";
   }
 #endif

@@ -16,12 +16,16 @@
 // do not depend on the thread count, bit for bit.
 //
 // In a STRATA_USE_BLAS build (EIGEN_USE_BLAS), products go to the BLAS library instead, which keeps
-// its own buffers; this file is then not used by the linear layers.
+// its own buffers. In a STRATA_USE_DNNL build, the linear layers' float products go to oneDNN's
+// dnnl_sgemm, which picks its kernels from the CPU at run time (AVX-512 where the CPU has it,
+// whatever OPENBLAS_CORETYPE says); double products and the small or vector-shaped ones keep the
+// path they would take without it.
 #pragma once
 
 #include <algorithm>
 #include <cstddef>
 #include <new>
+#include <type_traits>
 
 #include <Eigen/Core>
 
@@ -29,6 +33,16 @@
 
 #if defined(_OPENMP)
 #include <omp.h>
+#endif
+
+#if defined(STRATA_USE_DNNL)
+#include <oneapi/dnnl/dnnl.h>
+
+#include "../core/error.hpp"
+#if defined(__unix__)
+#include <pthread.h>
+#include <signal.h>
+#endif
 #endif
 
 namespace strata::detail {
@@ -145,30 +159,107 @@ void gemm(Index m, Index n, Index k, const Scalar* a, Index lda, const Scalar* b
 /// Threads a product may use: Eigen's setting (strata::set_num_threads sets it).
 inline int gemm_threads() { return Eigen::nbThreads(); }
 
+#if defined(STRATA_USE_DNNL)
+// Signals and oneDNN's GEMM kernels. oneDNN's JIT f32 GEMM kernels (AVX2 and AVX-512, up to
+// oneDNN 3.11.1, so Debian 12's 2.6) point the stack register into a heap buffer while they run;
+// a signal handled on a thread inside such a kernel has its frame written over the heap, which
+// corrupts it (oneDNN issue 4845, fixed in 3.11.2). strata's own train installs SIGINT/SIGTERM
+// handlers, and profilers send signals too. So no signal may be handled by a thread while it runs
+// those kernels:
+// - the calling thread blocks every signal for the duration of the product; one that arrives
+//   meanwhile stays pending and is handled as soon as the product returns;
+// - OpenMP's worker threads, which run parts of the product, block every signal for good (once
+//   per thread pool and thread count); the process's signals then go to the calling thread or to
+//   threads that never run the kernels. Threads the pool creates later inherit the blocked mask
+//   from the calling thread, which creates them inside the product.
+// Synchronous signals from a fault (SIGSEGV, SIGFPE) are not held back by the kernel and still
+// end the program as usual.
+#if defined(__unix__)
+class SignalsHeld {
+ public:
+  SignalsHeld() {
+    sigset_t all;
+    sigfillset(&all);
+    pthread_sigmask(SIG_BLOCK, &all, &saved_);
+  }
+  ~SignalsHeld() { pthread_sigmask(SIG_SETMASK, &saved_, nullptr); }
+  SignalsHeld(const SignalsHeld&) = delete;
+  SignalsHeld& operator=(const SignalsHeld&) = delete;
+
+ private:
+  sigset_t saved_;
+};
+
+inline void hold_signals_in_openmp_workers() {
+#if defined(_OPENMP)
+  static thread_local int held_for = 1;  // the calling thread's pool: workers that block signals
+  if (omp_in_parallel()) return;         // inside a team: its workers were handled by its master
+  const int threads = omp_get_max_threads();
+  if (threads <= held_for) return;
+#pragma omp parallel num_threads(threads)
+  if (omp_get_thread_num() != 0) {
+    sigset_t all;
+    sigfillset(&all);
+    pthread_sigmask(SIG_BLOCK, &all, nullptr);
+  }
+  held_for = threads;
+#endif
+}
+#endif
+
+/// C (+)= A B through oneDNN: row-major C [m, n]; A [m, k] and B [k, n] row-major or, with
+/// `a_transposed` / `b_transposed`, stored as their row-major transposes. beta 1 accumulates.
+/// oneDNN's OpenMP build runs on omp_get_max_threads() threads (strata::set_num_threads sets it).
+inline void dnnl_gemm(bool a_transposed, bool b_transposed, Index m, Index n, Index k,
+                      const float* a, Index lda, const float* b, Index ldb, float* c, Index ldc,
+                      float beta) {
+  dnnl_status_t status;
+  {
+#if defined(__unix__)
+    hold_signals_in_openmp_workers();
+    const SignalsHeld held;
+#endif
+    status = dnnl_sgemm(a_transposed ? 'T' : 'N', b_transposed ? 'T' : 'N', m, n, k, 1.0f, a, lda,
+                        b, ldb, beta, c, ldc);
+  }
+  STRATA_CHECK(status == dnnl_success, "dnnl_sgemm failed on a ", m, " x ", n, " x ", k,
+               " product (oneDNN status ", int(status), ")");
+}
+#endif
+
 /// dst (+)= lhs rhs for row-major dst and any mix of row-major blocks and their transposes:
 /// `Accumulate` false assigns. Shapes are the caller's to check. Small or vector-shaped products
 /// stay with Eigen's expression (its coefficient-wise and matrix-vector paths, which use no
-/// blocking buffers).
+/// blocking buffers, or the BLAS library's in a STRATA_USE_BLAS build).
 template <bool Accumulate, typename Dst, typename Lhs, typename Rhs>
 void product(Dst& dst, const Lhs& lhs, const Rhs& rhs) {
   using Scalar = typename Dst::Scalar;
+  static_assert(Dst::IsRowMajor, "strata's products write row-major results");
   const Index m = dst.rows(), n = dst.cols(), k = lhs.cols();
+  const bool blocked = !(m + n + k < 20 || m == 1 || n == 1 || k == 0);
+  constexpr bool lhs_row_major = (Lhs::Flags & Eigen::RowMajorBit) != 0;
+  constexpr bool rhs_row_major = (Rhs::Flags & Eigen::RowMajorBit) != 0;
+#if defined(STRATA_USE_DNNL)
+  if constexpr (std::is_same_v<Scalar, float>) {
+    if (blocked) {
+      dnnl_gemm(!lhs_row_major, !rhs_row_major, m, n, k, lhs.data(), lhs.outerStride(), rhs.data(),
+                rhs.outerStride(), dst.data(), dst.outerStride(), Accumulate ? 1.0f : 0.0f);
+      return;
+    }
+  }
+#endif
 #if defined(EIGEN_USE_BLAS)
   constexpr bool kBlas = true;
 #else
   constexpr bool kBlas = false;
 #endif
   if constexpr (!kBlas) {
-    if (!(m + n + k < 20 || m == 1 || n == 1 || k == 0)) {
+    if (blocked) {
       if constexpr (!Accumulate) dst.setZero();
-      constexpr int lhs_order =
-          (Lhs::Flags & Eigen::RowMajorBit) ? Eigen::RowMajor : Eigen::ColMajor;
-      constexpr int rhs_order =
-          (Rhs::Flags & Eigen::RowMajorBit) ? Eigen::RowMajor : Eigen::ColMajor;
-      static_assert(Dst::IsRowMajor, "strata's products write row-major results");
-      gemm<lhs_order, rhs_order, Scalar>(m, n, k, lhs.data(), lhs.outerStride(), rhs.data(),
-                                         rhs.outerStride(), dst.data(), dst.outerStride(),
-                                         Scalar(1), gemm_threads());
+      gemm<lhs_row_major ? Eigen::RowMajor : Eigen::ColMajor,
+           rhs_row_major ? Eigen::RowMajor : Eigen::ColMajor, Scalar>(
+          m, n, k, lhs.data(), lhs.outerStride(), rhs.data(), rhs.outerStride(), dst.data(),
+          dst.outerStride(), Scalar(1), gemm_threads());
       return;
     }
   }
