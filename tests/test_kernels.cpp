@@ -20,6 +20,7 @@
 #include <limits>
 #include <string>
 #include <thread>
+#include <tuple>
 #include <type_traits>
 #include <utility>
 #include <vector>
@@ -605,6 +606,38 @@ TYPED_TEST(LinearTest, BackwardAccumulates) {
   EXPECT_REL_CLOSE(dw_nb, (pre_dw + fresh_dw).eval(), kTol<S>);
 }
 
+// InputGrad::overwrite writes dinp without reading it (NaN there must not leak through) and gives
+// what accumulating onto zeros gives, bit for bit; the parameter gradients still accumulate. Sizes
+// on both sides of where the products block.
+TYPED_TEST(LinearTest, BackwardOverwritesTheInputGradient) {
+  using S = TypeParam;
+  Rng rng(305);
+  for (const auto& [N, IC, OC] : {std::tuple<Index, Index, Index>{3, 4, 2}, {70, 96, 130}}) {
+    SCOPED_TRACE("N " + std::to_string(N) + ", IC " + std::to_string(IC));
+    const Matrix<S> inp = st::random_matrix<S>(N, IC, rng),
+                    weight = st::random_matrix<S>(OC, IC, rng),
+                    dout = st::random_matrix<S>(N, OC, rng);
+    const Matrix<S> pre_dw = st::random_matrix<S>(OC, IC, rng);
+    const Vector<S> pre_db = st::random_vector<S>(OC, rng);
+    Matrix<S> zero_dinp = zeros<S>(N, IC), dw_acc = pre_dw;
+    Vector<S> db_acc = pre_db;
+    strata::linear_backward<S>(zero_dinp, dw_acc, db_acc, dout, inp, weight);
+    Matrix<S> nan_dinp = Matrix<S>::Constant(N, IC, std::numeric_limits<S>::quiet_NaN()),
+              dw = pre_dw;
+    Vector<S> db = pre_db;
+    strata::linear_backward<S>(nan_dinp, dw, db, dout, inp, weight, strata::InputGrad::overwrite);
+    EXPECT_TRUE(st::bit_equal(nan_dinp, zero_dinp));
+    EXPECT_TRUE(st::bit_equal(dw, dw_acc)) << "dweight must accumulate in either mode";
+    EXPECT_TRUE(st::bit_equal(db, db_acc)) << "dbias must accumulate in either mode";
+    Matrix<S> nan_nb = Matrix<S>::Constant(N, IC, std::numeric_limits<S>::quiet_NaN()),
+              dw_nb = pre_dw, zero_nb = zeros<S>(N, IC), dw_nb_acc = pre_dw;
+    strata::linear_backward<S>(zero_nb, dw_nb_acc, dout, inp, weight);
+    strata::linear_backward<S>(nan_nb, dw_nb, dout, inp, weight, strata::InputGrad::overwrite);
+    EXPECT_TRUE(st::bit_equal(nan_nb, zero_nb));
+    EXPECT_TRUE(st::bit_equal(dw_nb, dw_nb_acc));
+  }
+}
+
 TEST(LinearGradient, FiniteDifferences) {
   Rng rng(304);
   const Index N = 5, IC = 7, OC = 4;
@@ -793,6 +826,19 @@ TYPED_TEST(GeluTest, BackwardAccumulates) {
   Matrix<S> dinp = pre;
   strata::gelu_backward<S>(dinp, dout, inp);
   EXPECT_REL_CLOSE(dinp, (pre + fresh).eval(), kTol<S>);
+}
+
+TYPED_TEST(GeluTest, BackwardOverwritesTheInputGradient) {
+  using S = TypeParam;
+  Rng rng(404);
+  const Index N = 5, C = 70;  // more than one chunk of columns
+  const Matrix<S> inp = st::random_matrix<S>(N, C, rng, 2.0),
+                  dout = st::random_matrix<S>(N, C, rng);
+  Matrix<S> from_zero = zeros<S>(N, C);
+  strata::gelu_backward<S>(from_zero, dout, inp);
+  Matrix<S> dinp = Matrix<S>::Constant(N, C, std::numeric_limits<S>::quiet_NaN());
+  strata::gelu_backward<S>(dinp, dout, inp, strata::InputGrad::overwrite);
+  EXPECT_TRUE(st::bit_equal(dinp, from_zero));
 }
 
 TYPED_TEST(GeluTest, HandComputedValues) {

@@ -25,9 +25,11 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 # First match wins, in this order.
 CATEGORIES = [
+    # oneDNN's kernels are generated at run time, outside any file perf can read symbols from:
+    # they show as bare addresses (nothing else in these programs does).
     ("matrix products (GEMM/GEMV kernels and packing)",
      r"gebp_kernel|gemm_pack|general_matrix|gemv|sgemm|dgemm|_COOPERLAKE|_SKYLAKEX|_HASWELL|_ZEN"
-     r"|blas_thread|inner_thread|exec_blas"),
+     r"|blas_thread|inner_thread|exec_blas|dnnl|^0x[0-9a-f]+\b"),
     ("attention kernel (softmax, masks, tile loops)", r"attention|exp_rows|causal"),
     ("LayerNorm", r"layernorm"),
     ("GELU", r"gelu"),
@@ -73,13 +75,16 @@ def main():
         rep = subprocess.run(["perf", "report", "-i", data, "--no-children", "--sort", "symbol",
                               "--stdio"], capture_output=True, text=True, check=True).stdout
     totals = {name: 0.0 for name, _ in CATEGORIES}
-    rest, functions = 0.0, []
+    rest, kernel, functions = 0.0, 0.0, []
     for line in rep.splitlines():
-        m = re.match(r"\s+([0-9.]+)%\s+\[.\]\s+(.*\S)", line)
+        m = re.match(r"\s+([0-9.]+)%\s+\[(.)\]\s+(.*\S)", line)
         if not m:
             continue
-        share, sym = float(m.group(1)), m.group(2)
+        share, sym = float(m.group(1)), m.group(3)
         functions.append((share, sym))
+        if m.group(2) == "k":
+            kernel += share
+            continue
         for name, pattern in CATEGORIES:
             if re.search(pattern, sym):
                 totals[name] += share
@@ -91,6 +96,7 @@ def main():
     print("| work | share of samples |\n|---|---|")
     for name, _ in CATEGORIES:
         print(f"| {name} | {totals[name]:.1f}% |")
+    print(f"| the OS kernel (page faults: mostly the setup's first touch of memory) | {kernel:.1f}% |")
     print(f"| everything else | {rest:.1f}% |")
     print(f"\nLargest functions:\n")
     for share, sym in sorted(functions, reverse=True)[:a.top]:

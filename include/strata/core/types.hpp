@@ -44,4 +44,11 @@ using MatrixMap = Eigen::Map<Matrix<Scalar>>;
 template <typename Scalar>
 using VectorMap = Eigen::Map<Vector<Scalar>>;
 
+/// How a backward pass writes the gradient of its input. `accumulate` (every kernel's default)
+/// adds to what the buffer holds, so that the several consumers of one input can share it;
+/// `overwrite` writes it, for the buffer's first (or only) contribution: it saves the pass that
+/// would zero the buffer first, and the buffer's old contents are never read (they may be
+/// anything, NaN included).
+enum class InputGrad { accumulate, overwrite };
+
 }  // namespace strata

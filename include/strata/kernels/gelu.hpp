@@ -28,12 +28,13 @@ void gelu_forward(MatrixRef<Scalar> out, ConstMatrixRef<Scalar> inp) {
   }
 }
 
-/// Mirror of gelu_forward: dinp += dout * gelu'(inp), with u = k (x + a x^3):
+/// Mirror of gelu_forward: dinp += dout * gelu'(inp) (= with InputGrad::overwrite; dinp's old
+/// contents are then not read), with u = k (x + a x^3):
 ///   gelu'(x) = 0.5 (1 + tanh u) + 0.5 x (1 - tanh^2 u) k (1 + 3 a x^2).
 /// dinp, dout, inp [N, D].
 template <typename Scalar>
-void gelu_backward(MatrixRef<Scalar> dinp, ConstMatrixRef<Scalar> dout,
-                   ConstMatrixRef<Scalar> inp) {
+void gelu_backward(MatrixRef<Scalar> dinp, ConstMatrixRef<Scalar> dout, ConstMatrixRef<Scalar> inp,
+                   InputGrad dinp_mode = InputGrad::accumulate) {
   detail::check_shape("gelu_backward", "dinp", dinp.rows(), dinp.cols(), inp.rows(), inp.cols());
   detail::check_shape("gelu_backward", "dout", dout.rows(), dout.cols(), inp.rows(), inp.cols());
   const Scalar k = detail::gelu_scale<Scalar>, a = detail::gelu_cubic<Scalar>;
@@ -47,10 +48,14 @@ void gelu_backward(MatrixRef<Scalar> dinp, ConstMatrixRef<Scalar> dout,
       const Index w = std::min(kChunk, inp.cols() - j0);
       const auto x = inp.row(i).segment(j0, w).array();
       const Chunk th = (k * (x + a * x.cube())).tanh();
-      dinp.row(i).segment(j0, w).array() += dout.row(i).segment(j0, w).array()
-                                          * (Scalar(0.5) * (Scalar(1) + th)
-                                             + Scalar(0.5) * x * (Scalar(1) - th.square()) * k
-                                                   * (Scalar(1) + Scalar(3) * a * x.square()));
+      const auto d = dout.row(i).segment(j0, w).array()
+                   * (Scalar(0.5) * (Scalar(1) + th)
+                      + Scalar(0.5) * x * (Scalar(1) - th.square()) * k
+                            * (Scalar(1) + Scalar(3) * a * x.square()));
+      if (dinp_mode == InputGrad::overwrite)
+        dinp.row(i).segment(j0, w).array() = d;
+      else
+        dinp.row(i).segment(j0, w).array() += d;
     }
   }
 }

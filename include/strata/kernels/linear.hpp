@@ -59,31 +59,41 @@ void linear_forward(MatrixRef<Scalar> out, ConstMatrixRef<Scalar> inp,
 /// Mirror of linear_forward (out = inp weight^T + bias):
 ///   dinp += dout weight;  dweight += dout^T inp;  dbias += sum_rows dout.
 /// dinp, inp [N, IC]; dout [N, OC]; dweight, weight [OC, IC]; dbias [OC].
+/// With `dinp_mode` InputGrad::overwrite, dinp = dout weight instead (its old contents are not
+/// read); the parameter gradients always accumulate.
 template <typename Scalar>
 void linear_backward(MatrixRef<Scalar> dinp, MatrixRef<Scalar> dweight, VectorRef<Scalar> dbias,
                      ConstMatrixRef<Scalar> dout, ConstMatrixRef<Scalar> inp,
-                     ConstMatrixRef<Scalar> weight) {
+                     ConstMatrixRef<Scalar> weight, InputGrad dinp_mode = InputGrad::accumulate) {
   const char* fn = "linear_backward";
   detail::check_linear(fn, dout.rows(), dout.cols(), inp.rows(), inp.cols(), weight.rows(),
                        weight.cols(), "dout");
   detail::check_shape(fn, "dinp", dinp.rows(), dinp.cols(), inp.rows(), inp.cols());
   detail::check_shape(fn, "dweight", dweight.rows(), dweight.cols(), weight.rows(), weight.cols());
   detail::check_size(fn, "dbias", dbias.size(), weight.rows());
-  detail::product<true>(dinp, dout, weight);
+  if (dinp_mode == InputGrad::overwrite)
+    detail::product<false>(dinp, dout, weight);
+  else
+    detail::product<true>(dinp, dout, weight);
   detail::product<true>(dweight, dout.transpose(), inp);
   dbias.transpose() += dout.colwise().sum();
 }
 
-/// Mirror of the bias-free linear_forward: dinp += dout weight; dweight += dout^T inp.
+/// Mirror of the bias-free linear_forward: dinp += dout weight (= with InputGrad::overwrite);
+/// dweight += dout^T inp.
 template <typename Scalar>
 void linear_backward(MatrixRef<Scalar> dinp, MatrixRef<Scalar> dweight, ConstMatrixRef<Scalar> dout,
-                     ConstMatrixRef<Scalar> inp, ConstMatrixRef<Scalar> weight) {
+                     ConstMatrixRef<Scalar> inp, ConstMatrixRef<Scalar> weight,
+                     InputGrad dinp_mode = InputGrad::accumulate) {
   const char* fn = "linear_backward";
   detail::check_linear(fn, dout.rows(), dout.cols(), inp.rows(), inp.cols(), weight.rows(),
                        weight.cols(), "dout");
   detail::check_shape(fn, "dinp", dinp.rows(), dinp.cols(), inp.rows(), inp.cols());
   detail::check_shape(fn, "dweight", dweight.rows(), dweight.cols(), weight.rows(), weight.cols());
-  detail::product<true>(dinp, dout, weight);
+  if (dinp_mode == InputGrad::overwrite)
+    detail::product<false>(dinp, dout, weight);
+  else
+    detail::product<true>(dinp, dout, weight);
   detail::product<true>(dweight, dout.transpose(), inp);
 }
 

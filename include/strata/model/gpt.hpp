@@ -349,12 +349,10 @@ class GPT {
                            const Matrix<Scalar>& in, const VectorMap<Scalar>& ln_w,
                            const MatrixMap<Scalar>& fc_w, const MatrixMap<Scalar>& proj_w,
                            Matrix<Scalar>& dgelu, Matrix<Scalar>& dfc, Matrix<Scalar>& dln) {
-    dgelu.setZero();
-    linear_backward<Scalar>(dgelu, gproj_w, gproj_b, dout, a.gelu, proj_w);
-    dfc.setZero();
-    gelu_backward<Scalar>(dfc, dgelu, a.fc);
-    dln.setZero();
-    linear_backward<Scalar>(dln, gfc_w, gfc_b, dfc, a.ln, fc_w);
+    // dgelu, dfc and dln are this pass's own scratch: written, not accumulated (no zeroing pass)
+    linear_backward<Scalar>(dgelu, gproj_w, gproj_b, dout, a.gelu, proj_w, InputGrad::overwrite);
+    gelu_backward<Scalar>(dfc, dgelu, a.fc, InputGrad::overwrite);
+    linear_backward<Scalar>(dln, gfc_w, gfc_b, dfc, a.ln, fc_w, InputGrad::overwrite);
     layernorm_backward<Scalar>(din, gln_w, gln_b, dln, in, a.mean, a.rstd, ln_w);
   }
 
@@ -383,10 +381,9 @@ class GPT {
                         const Matrix<Scalar>& h, const BlockTensors<Scalar>& block,
                         BlockTensors<Scalar>& gblock) {
     const Index C = cfg_.n_embd;
-    ws.dz.setZero();
     linear_backward<Scalar>(ws.dz, gblock.qkv_w.middleRows(C, 2 * C),
                             gblock.qkv_b.segment(C, 2 * C), f.dkv, f.z,
-                            block.qkv_w.middleRows(C, 2 * C));
+                            block.qkv_w.middleRows(C, 2 * C), InputGrad::overwrite);
     mlp_backward(f.dres, gw.ln_w, gw.ln_b, gw.fc_w, gw.fc_b, gw.proj_w, gw.proj_b, ws.dz, f.mlp, h,
                  w.ln_w, w.fc_w, w.proj_w, f.dgelu, f.dfc, ws.dln);
   }
@@ -464,8 +461,7 @@ void GPT<Scalar>::run_backward(Workspace<Scalar>& ws, ConstTokensRef tokens,
   const Index B = ws.B, N = ws.B * ws.T, C = cfg_.n_embd, L = cfg_.n_layer;
   ws.dlogits.setZero();
   cross_entropy_backward<Scalar>(ws.dlogits, ws.logits, ws.ce_lse, targets, Scalar(1) / Scalar(N));
-  ws.dln.setZero();
-  linear_backward<Scalar>(ws.dln, g_.wte, ws.dlogits, ws.lnf, p_.wte);
+  linear_backward<Scalar>(ws.dln, g_.wte, ws.dlogits, ws.lnf, p_.wte, InputGrad::overwrite);
   ws.dres.setZero();
   layernorm_backward<Scalar>(ws.dres, g_.lnf_w, g_.lnf_b, ws.dln, ws.layers[size_t(L - 1)].res_out,
                              ws.lnf_mean, ws.lnf_rstd, p_.lnf_w);
@@ -484,17 +480,21 @@ void GPT<Scalar>::run_backward(Workspace<Scalar>& ws, ConstTokensRef tokens,
     mlp_backward(ws.dres, g.ln2_w, g.ln2_b, g.fc_w, g.fc_b, g.fcproj_w, g.fcproj_b, ws.dres, a.mlp,
                  a.res_attn, p.ln2_w, p.fc_w, p.fcproj_w, ws.dgelu, ws.dfc, ws.dln);
     // res_attn = in + proj(attention(q, sources)); ws.dres now holds d res_attn
-    ws.datt.setZero();
-    linear_backward<Scalar>(ws.datt, g.proj_w, g.proj_b, ws.dres, a.att, p.proj_w);
+    linear_backward<Scalar>(ws.datt, g.proj_w, g.proj_b, ws.dres, a.att, p.proj_w,
+                            InputGrad::overwrite);
     attention_backward<Scalar>(a.dqkv.leftCols(C), ws.datt, a.qkv.leftCols(C), a.att, a.lse,
                                ws.sources[size_t(l)], B, 0);
     for (Index f : features_of_block_[size_t(l)])
       feature_backward(ws, ws.features[size_t(f)], p_.features[size_t(f)], g_.features[size_t(f)],
                        residual(ws, plan_.features[size_t(f)].depth), p, g);
-    ws.dln.setZero();
-    for (const auto& [c0, w] : qkv_runs_[size_t(l)])
+    // the first run of q/k/v columns writes d ln1, the others add to it
+    InputGrad dln_mode = InputGrad::overwrite;
+    for (const auto& [c0, w] : qkv_runs_[size_t(l)]) {
       linear_backward<Scalar>(ws.dln, g.qkv_w.middleRows(c0, w), g.qkv_b.segment(c0, w),
-                              a.dqkv.middleCols(c0, w), a.ln1, p.qkv_w.middleRows(c0, w));
+                              a.dqkv.middleCols(c0, w), a.ln1, p.qkv_w.middleRows(c0, w), dln_mode);
+      dln_mode = InputGrad::accumulate;
+    }
+    if (dln_mode == InputGrad::overwrite) ws.dln.setZero();  // no run: no gradient through ln1
     layernorm_backward<Scalar>(ws.dres, g.ln1_w, g.ln1_b, ws.dln, in, a.ln1_mean, a.ln1_rstd,
                                p.ln1_w);
     // ws.dres now holds d h_l; add what the feature maps of depth l send back
