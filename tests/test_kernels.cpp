@@ -638,6 +638,48 @@ TYPED_TEST(LinearTest, BackwardOverwritesTheInputGradient) {
   }
 }
 
+// The row passes of the linear layer (bias broadcast, residual add, bias gradient) split rows or
+// columns between threads above a size: threaded, they must compute what one thread computes, bit
+// for bit, and what the plain expressions and the reference compute. (The products around them
+// are the back end's: OpenBLAS's double products, say, may differ in the last bit from 1 to 2
+// threads, so the forward passes are checked on their own.)
+TYPED_TEST(LinearTest, BiasPassesAreDeterministicAcrossThreadCounts) {
+  using S = TypeParam;
+  ThreadCountGuard guard;
+  Rng rng(306);
+  const Index N = 600, IC = 40,
+              OC = 300;  // N*OC = 180000: the passes run threaded, 3 column blocks
+  const Matrix<S> inp = st::random_matrix<S>(N, IC, rng),
+                  weight = st::random_matrix<S>(OC, IC, rng);
+  const Matrix<S> residual = st::random_matrix<S>(N, OC, rng),
+                  dout = st::random_matrix<S>(N, OC, rng);
+  const Vector<S> bias = st::random_vector<S>(OC, rng), pre_db = st::random_vector<S>(OC, rng);
+  const Matrix<S> want_broadcast = bias.transpose().replicate(N, 1);
+  const Matrix<S> want_res = residual.rowwise() + bias.transpose();
+  const Vector<S> want_db = pre_db + ref::linear_backward(dout, inp, weight).dbias;
+  Vector<S> first_db;
+  for (const int threads : {1, 2}) {
+    SCOPED_TRACE(::testing::Message() << threads << " thread(s)");
+    strata::set_num_threads(threads);
+    Matrix<S> out(N, OC), out_res(N, OC);
+    strata::MatrixRef<S> out_ref(out), out_res_ref(out_res);
+    strata::detail::broadcast_bias<S>(out_ref, bias, nullptr);
+    const Eigen::Ref<const Matrix<S>> residual_ref(residual);
+    strata::detail::broadcast_bias<S>(out_res_ref, bias, &residual_ref);
+    EXPECT_TRUE(st::bit_equal(out, want_broadcast));
+    EXPECT_TRUE(st::bit_equal(out_res, want_res));
+    Matrix<S> dinp(N, IC), dweight = zeros<S>(OC, IC);
+    Vector<S> dbias = pre_db;
+    strata::linear_backward<S>(dinp, dweight, dbias, dout, inp, weight,
+                               strata::InputGrad::overwrite);
+    EXPECT_REL_CLOSE(dbias, want_db, kTol<S>);
+    if (threads == 1)
+      first_db = dbias;
+    else
+      EXPECT_TRUE(st::bit_equal(dbias, first_db));
+  }
+}
+
 TEST(LinearGradient, FiniteDifferences) {
   Rng rng(304);
   const Index N = 5, IC = 7, OC = 4;
@@ -841,6 +883,30 @@ TYPED_TEST(GeluTest, BackwardOverwritesTheInputGradient) {
   EXPECT_TRUE(st::bit_equal(dinp, from_zero));
 }
 
+// bias_gelu_forward is the bias add and gelu_forward in one pass: the pre-activation it leaves is
+// pre + bias exactly, and its output is gelu_forward's of that, bit for bit (threaded too).
+TYPED_TEST(GeluTest, BiasGeluIsBiasThenGelu) {
+  using S = TypeParam;
+  ThreadCountGuard guard;
+  Rng rng(405);
+  for (const auto& s : {NCShape{1, 1}, NCShape{3, 5}, NCShape{17, 33}, NCShape{300, 257}}) {
+    SCOPED_TRACE(::testing::Message() << "N=" << s.N << " C=" << s.C);
+    const Matrix<S> product = st::random_matrix<S>(s.N, s.C, rng, 2.0);
+    const Vector<S> bias = st::random_vector<S>(s.C, rng);
+    const Matrix<S> want_pre = product.rowwise() + bias.transpose();
+    Matrix<S> want_out(s.N, s.C);
+    strata::gelu_forward<S>(want_out, want_pre);
+    for (const int threads : {1, 2}) {
+      strata::set_num_threads(threads);
+      Matrix<S> pre = product, out(s.N, s.C);
+      strata::bias_gelu_forward<S>(out, pre, bias);
+      EXPECT_TRUE(st::bit_equal(pre, want_pre)) << threads << " thread(s)";
+      EXPECT_TRUE(st::bit_equal(out, want_out)) << threads << " thread(s)";
+      EXPECT_REL_CLOSE(out, ref::gelu_forward(want_pre), kTol<S>);
+    }
+  }
+}
+
 TYPED_TEST(GeluTest, HandComputedValues) {
   using S = TypeParam;
   // x, gelu(x) from 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))), gelu'(x)
@@ -898,6 +964,11 @@ TEST(GeluErrors, ExactMessages) {
   Matrix<double> out23(2, 3), out(3, 3), dinp34 = zeros<double>(3, 4);
   EXPECT_STRATA_ERROR(strata::gelu_forward<double>(out23, inp),
                       "gelu_forward: out has shape [2, 3], expected [3, 3]");
+  Matrix<double> pre = zeros<double>(3, 3);
+  EXPECT_STRATA_ERROR(strata::bias_gelu_forward<double>(out23, pre, zeros<double>(3)),
+                      "bias_gelu_forward: out has shape [2, 3], expected [3, 3]");
+  EXPECT_STRATA_ERROR(strata::bias_gelu_forward<double>(out, pre, zeros<double>(4)),
+                      "bias_gelu_forward: bias has size 4, expected 3");
   EXPECT_STRATA_ERROR(strata::gelu_backward<double>(dinp34, inp, inp),
                       "gelu_backward: dinp has shape [3, 4], expected [3, 3]");
   EXPECT_STRATA_ERROR(strata::gelu_backward<double>(out, zeros<double>(3, 1), inp),

@@ -10,6 +10,8 @@
 #     --threads 1,2                         thread counts (default 1,2)
 #     --rounds N                            alternations (default 5)
 #     --blas ON|OFF                         STRATA_USE_BLAS of both builds (default OFF)
+#     --dnnl ON|OFF                         STRATA_USE_DNNL of both builds (default OFF; the
+#                                           scripts' build/ has both ON)
 #     --min-time SECONDS                    --benchmark_min_time (default 0.5)
 #
 # Example (the header-only build's products before and after a change):
@@ -26,6 +28,7 @@ filter='^linear_(fwd|bwd)/'
 threads=1,2
 rounds=5
 blas=OFF
+dnnl=OFF
 min_time=0.5
 revs=()
 while [[ $# -gt 0 ]]; do
@@ -35,8 +38,9 @@ while [[ $# -gt 0 ]]; do
     --threads) threads="$2"; shift 2 ;;
     --rounds) rounds="$2"; shift 2 ;;
     --blas) blas="$2"; shift 2 ;;
+    --dnnl) dnnl="$2"; shift 2 ;;
     --min-time) min_time="$2"; shift 2 ;;
-    -h|--help) sed -n '2,19p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,21p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
     -*) die "unknown option '$1' (try --help)" ;;
     *) revs+=("$1"); shift ;;
   esac
@@ -64,7 +68,7 @@ for i in 0 1; do
   git -C "${ROOT}" worktree add --detach --quiet "${work}/${side}" "${rev}"
   cmake -S "${work}/${side}" -B "${work}/${side}/build" -DCMAKE_BUILD_TYPE=Release \
     -DSTRATA_BUILD_BENCHMARKS=ON -DSTRATA_BUILD_TESTS=OFF -DSTRATA_BUILD_EXAMPLES=OFF \
-    -DSTRATA_NATIVE=ON -DSTRATA_USE_BLAS="${blas}" >/dev/null || die "configuring ${rev} failed"
+    -DSTRATA_NATIVE=ON -DSTRATA_USE_BLAS="${blas}" -DSTRATA_USE_DNNL="${dnnl}" >/dev/null || die "configuring ${rev} failed"
   cmake --build "${work}/${side}/build" -j "$(nproc)" --target "${program}" >/dev/null \
     || die "building ${program} of ${rev} failed"
 done

@@ -28,6 +28,26 @@ void gelu_forward(MatrixRef<Scalar> out, ConstMatrixRef<Scalar> inp) {
   }
 }
 
+/// A linear layer's bias and GELU in one pass: pre.row(i) += bias^T, then out = gelu(pre).
+/// pre, out [N, D]; bias [D]. pre comes in as the layer's product without its bias and leaves as
+/// the pre-activation that gelu_backward reads: the product is written without first broadcasting
+/// the bias into it, and the bias is added while the row is at hand for GELU, one pass over pre
+/// fewer than linear_forward with bias followed by gelu_forward (the same values: the bias is
+/// added to the finished product rather than the product accumulated onto the bias, so they may
+/// differ in the last bit).
+template <typename Scalar>
+void bias_gelu_forward(MatrixRef<Scalar> out, MatrixRef<Scalar> pre, ConstVectorRef<Scalar> bias) {
+  detail::check_shape("bias_gelu_forward", "out", out.rows(), out.cols(), pre.rows(), pre.cols());
+  detail::check_size("bias_gelu_forward", "bias", bias.size(), pre.cols());
+  const Scalar k = detail::gelu_scale<Scalar>, a = detail::gelu_cubic<Scalar>;
+#pragma omp parallel for schedule(static) if (pre.size() > 65536)
+  for (Index i = 0; i < pre.rows(); ++i) {
+    pre.row(i) += bias.transpose();
+    const auto x = pre.row(i).array();
+    out.row(i).array() = Scalar(0.5) * x * (Scalar(1) + (k * (x + a * x.cube())).tanh());
+  }
+}
+
 /// Mirror of gelu_forward: dinp += dout * gelu'(inp) (= with InputGrad::overwrite; dinp's old
 /// contents are then not read), with u = k (x + a x^3):
 ///   gelu'(x) = 0.5 (1 + tanh u) + 0.5 x (1 - tanh^2 u) k (1 + 3 a x^2).

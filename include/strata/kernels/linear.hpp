@@ -1,6 +1,8 @@
 // strata/kernels/linear.hpp: fully connected layer, weights stored as PyTorch's Linear ([out, in]).
 #pragma once
 
+#include <algorithm>
+
 #include "../core/types.hpp"
 #include "check.hpp"
 #include "gemm.hpp"
@@ -18,6 +20,45 @@ inline void check_linear(const char* fn, Index out_rows, Index out_cols, Index i
 }  // namespace detail
 
 /// out = inp weight^T + bias.  out [N, OC], inp [N, IC], weight [OC, IC], bias [OC].
+namespace detail {
+/// Rows above which the row passes below split their rows between threads: below it a pass is a
+/// few microseconds, less than waking the team.
+inline constexpr Index kRowPassParallelSize = 65536;
+
+/// out.row(i) = bias^T [+ residual.row(i)] for every row, rows split between threads.
+template <typename Scalar>
+void broadcast_bias(MatrixRef<Scalar>& out, ConstVectorRef<Scalar> bias,
+                    const Eigen::Ref<const Matrix<Scalar>>* residual) {
+#pragma omp parallel for schedule(static) if (out.size() > kRowPassParallelSize)
+  for (Index i = 0; i < out.rows(); ++i) {
+    if (residual)
+      out.row(i) = residual->row(i) + bias.transpose();
+    else
+      out.row(i) = bias.transpose();
+  }
+}
+
+/// sums += the column sums of m. Each column is summed over the rows in order, in its own
+/// accumulator, and only then added to sums: the result does not depend on the thread count.
+/// Columns go to threads in fixed blocks of kColumnBlock, each summed in one pass down the rows
+/// (a row segment of the block is contiguous; the accumulator stays in L1).
+template <typename Scalar>
+void add_column_sums(VectorRef<Scalar>& sums, ConstMatrixRef<Scalar> m) {
+  constexpr Index kColumnBlock = 128;
+  using Accumulator = Eigen::Array<Scalar, 1, Eigen::Dynamic, Eigen::RowMajor, 1, kColumnBlock>;
+  const Index rows = m.rows(), cols = m.cols();
+  if (rows == 0) return;
+  const Index blocks = (cols + kColumnBlock - 1) / kColumnBlock;
+#pragma omp parallel for schedule(static) if (m.size() > kRowPassParallelSize && blocks > 1)
+  for (Index b = 0; b < blocks; ++b) {
+    const Index c0 = b * kColumnBlock, w = std::min(kColumnBlock, cols - c0);
+    Accumulator acc = m.row(0).segment(c0, w).array();
+    for (Index i = 1; i < rows; ++i) acc += m.row(i).segment(c0, w).array();
+    sums.segment(c0, w).array() += acc.transpose();
+  }
+}
+}  // namespace detail
+
 template <typename Scalar>
 void linear_forward(MatrixRef<Scalar> out, ConstMatrixRef<Scalar> inp,
                     ConstMatrixRef<Scalar> weight, ConstVectorRef<Scalar> bias) {
@@ -26,7 +67,7 @@ void linear_forward(MatrixRef<Scalar> out, ConstMatrixRef<Scalar> inp,
   detail::check_size("linear_forward", "bias", bias.size(), weight.rows());
   // Broadcasting the bias first and accumulating the product saves a pass over out: an assigned
   // product would zero out before accumulating anyway.
-  out.rowwise() = bias.transpose();
+  detail::broadcast_bias<Scalar>(out, bias, nullptr);
   detail::product<true>(out, inp, weight.transpose());
 }
 
@@ -43,7 +84,7 @@ void linear_forward(MatrixRef<Scalar> out, ConstMatrixRef<Scalar> inp,
   detail::check_size("linear_forward", "bias", bias.size(), weight.rows());
   detail::check_shape("linear_forward", "residual", residual.rows(), residual.cols(), out.rows(),
                       out.cols());
-  out = residual.rowwise() + bias.transpose();
+  detail::broadcast_bias<Scalar>(out, bias, &residual);
   detail::product<true>(out, inp, weight.transpose());
 }
 
@@ -76,7 +117,7 @@ void linear_backward(MatrixRef<Scalar> dinp, MatrixRef<Scalar> dweight, VectorRe
   else
     detail::product<true>(dinp, dout, weight);
   detail::product<true>(dweight, dout.transpose(), inp);
-  dbias.transpose() += dout.colwise().sum();
+  detail::add_column_sums<Scalar>(dbias, dout);
 }
 
 /// Mirror of the bias-free linear_forward: dinp += dout weight (= with InputGrad::overwrite);

@@ -332,8 +332,8 @@ class GPT {
                           const MatrixMap<Scalar>& proj_w, const VectorMap<Scalar>& proj_b,
                           const Matrix<Scalar>* residual) {
     layernorm_forward<Scalar>(a.ln, a.mean, a.rstd, in, ln_w, ln_b);
-    linear_forward<Scalar>(a.fc, a.ln, fc_w, fc_b);
-    gelu_forward<Scalar>(a.gelu, a.fc);
+    linear_forward<Scalar>(a.fc, a.ln, fc_w);  // its bias is added by bias_gelu_forward
+    bias_gelu_forward<Scalar>(a.gelu, a.fc, fc_b);
     if (residual)
       linear_forward<Scalar>(out, a.gelu, proj_w, proj_b, *residual);
     else
