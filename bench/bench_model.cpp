@@ -46,8 +46,8 @@ void train_step(benchmark::State& state, bench::BenchConfig bc, const Plan& plan
     random_tokens(xs[i], rng, cfg.vocab_size), random_tokens(ys[i], rng, cfg.vocab_size);
   auto step = [&](int i) {
     const float loss = model.forward_backward(xs[size_t(i % 4)], ys[size_t(i % 4)]);
-    strata::clip_grad_norm(model.gradients(), 1.0);
-    opt.step(model, 1e-4);
+    const double norm = strata::grad_norm(model.gradients());  // clipped as the Trainer does
+    opt.step(model, 1e-4, strata::clip_coefficient(norm, 1.0));
     return loss;
   };
   // One untimed step first, as the PyTorch side warms up: the first step sizes the workspace and

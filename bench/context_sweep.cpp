@@ -200,8 +200,8 @@ int main(int argc, char** argv) try {
   double first_loss = 0, last_loss = 0;
   auto step = [&] {
     const float loss = model.forward_backward(xs[it % 4], ys[it % 4]);
-    strata::clip_grad_norm(model.gradients(), 1.0);
-    opt.step(model, 1e-4);
+    const double norm = strata::grad_norm(model.gradients());  // clipped as the Trainer does
+    opt.step(model, 1e-4, strata::clip_coefficient(norm, 1.0));
     if (it == 0) first_loss = loss;
     last_loss = loss;
     ++it;

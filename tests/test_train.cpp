@@ -256,6 +256,67 @@ TEST(ClipGradNorm, ReturnsPreClipNormAndScalesToMaxNorm) {
   EXPECT_NEAR(f.cast<double>().norm(), 0.5, 1e-6);
 }
 
+// grad_norm sums chunk sums in a fixed order whatever the thread count: the norm equals the
+// serial sum of the same chunks bit for bit, at 1 and 2 threads, for a size that is not a whole
+// number of chunks or of tasks.
+TEST(ClipGradNorm, NormIsTheSameSumOnAnyThreadCount) {
+  const int saved = strata::num_threads();
+  strata::Rng rng(17);
+  Vector<float> g(4096 * 16 * 5 + 4096 * 3 + 123);
+  for (Index i = 0; i < g.size(); ++i) g[i] = float(rng.normal());
+  double serial = 0;
+  for (Index begin = 0; begin < g.size(); begin += 4096)
+    serial +=
+        g.segment(begin, std::min<Index>(4096, g.size() - begin)).cast<double>().squaredNorm();
+  for (const int threads : {1, 2}) {
+    strata::set_num_threads(threads);
+    EXPECT_EQ(strata::grad_norm(g), std::sqrt(serial)) << threads << " thread(s)";
+    Vector<float> clipped = g;
+    EXPECT_EQ(strata::clip_grad_norm(clipped, 1.0), std::sqrt(serial));
+    const float c = float(strata::clip_coefficient(std::sqrt(serial), 1.0));
+    EXPECT_TRUE(bit_equal(clipped, (g * c).eval())) << threads << " thread(s)";
+  }
+  strata::set_num_threads(saved);
+  EXPECT_NEAR(std::sqrt(serial), g.cast<double>().norm(), 1e-9 * std::sqrt(serial));
+}
+
+TEST(ClipGradNorm, CoefficientIsTorchs) {
+  EXPECT_EQ(strata::clip_coefficient(5.0, 1.0), 1.0 / (5.0 + 1e-6));
+  EXPECT_EQ(strata::clip_coefficient(5.0, 10.0), 1.0);  // below the limit: no scaling
+  EXPECT_EQ(strata::clip_coefficient(5.0, 0.0), 1.0);   // 0: clipping off
+}
+
+// The trainer clips by passing the coefficient to AdamW::step instead of scaling the arena: the
+// step must be bit for bit the one after clip_grad_norm, in float and double.
+template <typename S>
+void expect_scaled_step_is_clip_then_step() {
+  GPT<S> a(adamw_config()), b(adamw_config());
+  strata::Rng rng(23);
+  for (Index i = 0; i < a.gradients().size(); ++i) a.gradients()[i] = S(rng.normal());
+  b.gradients() = a.gradients();
+  const Vector<S> grads = a.gradients();
+  AdamW<S> opt_a(a), opt_b(b);
+  for (int s = 0; s < 3; ++s) {
+    a.gradients() = grads;
+    const double norm = strata::clip_grad_norm(a.gradients(), 0.5);
+    opt_a.step(a, 1e-2);
+    const double coef = strata::clip_coefficient(strata::grad_norm(b.gradients()), 0.5);
+    ASSERT_LT(coef, 1.0);  // the clip is active
+    EXPECT_EQ(strata::grad_norm(b.gradients()), norm);
+    opt_b.step(b, 1e-2, coef);
+    EXPECT_TRUE(bit_equal(b.gradients(), grads)) << "the arena is left unscaled";
+  }
+  EXPECT_TRUE(bit_equal(a.parameters(), b.parameters()));
+  EXPECT_TRUE(bit_equal(opt_a.m(), opt_b.m()));
+  EXPECT_TRUE(bit_equal(opt_a.v(), opt_b.v()));
+  EXPECT_THROW(opt_b.step(b, 1e-2, 0.0), strata::Error);
+  EXPECT_THROW(opt_b.step(b, 1e-2, std::nan("")), strata::Error);
+}
+TEST(AdamW, GradScaleIsClippingFirst) {
+  expect_scaled_step_is_clip_then_step<float>();
+  expect_scaled_step_is_clip_then_step<double>();
+}
+
 TEST(LRSchedule, WarmupPeakCosineAndFloor) {
   const LRSchedule s{1e-3, 1e-4, 10, 110};
   EXPECT_DOUBLE_EQ(s.at(0), 1e-4);  // linear warm-up: max_lr * (step + 1) / warmup

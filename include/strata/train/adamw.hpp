@@ -63,29 +63,37 @@ class AdamW {
   const Vector<Scalar>& m() const { return m_; }
   const Vector<Scalar>& v() const { return v_; }
 
-  /// One update of model.parameters() from model.gradients() with learning rate lr.
-  void step(GPT<Scalar>& model, double lr) {
+  /// One update of model.parameters() from model.gradients() with learning rate lr. With
+  /// grad_scale, the update uses grad_scale x gradients, bit for bit what scaling the gradients
+  /// first would give (clip_coefficient's factor, so that clipping needs no pass of its own); the
+  /// gradients themselves are left as they are.
+  void step(GPT<Scalar>& model, double lr, double grad_scale = 1.0) {
     VectorMap<Scalar> p = model.parameters();
     const VectorMap<Scalar> g = model.gradients();
     STRATA_CHECK(p.size() == m_.size(), "AdamW::step: the model has ", p.size(),
                  " parameters, the optimizer was made for ", m_.size());
+    STRATA_CHECK(grad_scale > 0 && std::isfinite(grad_scale), "AdamW::step: grad_scale ",
+                 grad_scale, ", expected a finite number > 0");
     ++t_;
     const double bc1 = 1 - std::pow(cfg_.beta1, double(t_));
     const double bc2 = 1 - std::pow(cfg_.beta2, double(t_));
     const Scalar b1 = Scalar(cfg_.beta1), b2 = Scalar(cfg_.beta2);
     const Scalar step_size = Scalar(lr / bc1), inv_sqrt_bc2 = Scalar(1 / std::sqrt(bc2));
-    const Scalar eps = Scalar(cfg_.eps);
-    // One pass per run of the arena, in chunks that stay in L1 between the three updates.
+    const Scalar eps = Scalar(cfg_.eps), scale = Scalar(grad_scale);
+    // One pass over the arena, run by run (a run is a stretch of tensors with the same weight
+    // decay), in chunks that stay in L1 between the three updates; one team of threads for all
+    // runs, each splitting its chunks between the threads without waiting for the others.
     constexpr Index kChunk = 2048;
+#pragma omp parallel if (p.size() > 8 * kChunk)
     for (size_t r = 0; r < runs_.size(); ++r) {
       const Scalar decay = decayed_[r] ? Scalar(1 - lr * cfg_.weight_decay) : Scalar(1);
-#pragma omp parallel for schedule(static) if (runs_[r].second - runs_[r].first > 8 * kChunk)
+#pragma omp for schedule(static) nowait
       for (Index begin = runs_[r].first; begin < runs_[r].second; begin += kChunk) {
         const Index n = std::min(kChunk, runs_[r].second - begin);
         auto pr = p.segment(begin, n).array();
         auto mr = m_.segment(begin, n).array();
         auto vr = v_.segment(begin, n).array();
-        const auto gr = g.segment(begin, n).array();
+        const auto gr = g.segment(begin, n).array() * scale;
         mr = b1 * mr + (Scalar(1) - b1) * gr;
         vr = b2 * vr + (Scalar(1) - b2) * gr.square();
         pr = decay * pr - step_size * mr / (vr.sqrt() * inv_sqrt_bc2 + eps);
@@ -101,25 +109,58 @@ class AdamW {
   std::vector<bool> decayed_;                  // whether run r gets weight decay
 };
 
+/// The global L2 norm of a gradient arena, summed in double in chunks of 4096 (vectorised within a
+/// chunk) whose sums are added in order: threads compute the chunks' sums, the total does not
+/// depend on the thread count, bit for bit.
+template <typename Derived>
+double grad_norm(const Eigen::MatrixBase<Derived>& grads) {
+  constexpr Index kChunk = 4096, kChunksPerTask = 16;
+  const Index size = grads.size();
+  const Index chunks = (size + kChunk - 1) / kChunk;
+  const Index tasks = (chunks + kChunksPerTask - 1) / kChunksPerTask;
+  double sum = 0;
+#pragma omp parallel for ordered schedule(static, 1) if (tasks > 1)
+  for (Index task = 0; task < tasks; ++task) {
+    const Index c0 = task * kChunksPerTask, c1 = std::min(chunks, c0 + kChunksPerTask);
+    double part[kChunksPerTask];
+    for (Index c = c0; c < c1; ++c) {
+      const Index begin = c * kChunk;
+      part[c - c0] = grads.segment(begin, std::min(kChunk, size - begin))
+                         .template cast<double>()
+                         .squaredNorm();
+    }
+#pragma omp ordered
+    for (Index c = c0; c < c1; ++c) sum += part[c - c0];
+  }
+  return std::sqrt(sum);
+}
+
+/// The factor that brings a gradient of norm `norm` to at most max_norm, as torch's
+/// clip_grad_norm_ computes it: max_norm / (norm + 1e-6) when that is below 1, else 1 (and 1 when
+/// max_norm <= 0: no clipping).
+inline double clip_coefficient(double norm, double max_norm) {
+  if (max_norm <= 0) return 1.0;
+  const double coef = max_norm / (norm + 1e-6);
+  return coef < 1 ? coef : 1.0;
+}
+
 /// Scales grads so that their global L2 norm is at most max_norm (as torch's clip_grad_norm_,
 /// with coefficient max_norm / (norm + 1e-6)); returns the norm before clipping. max_norm <= 0
-/// only measures.
+/// only measures. (The trainer does not scale the arena: it passes clip_coefficient to
+/// AdamW::step, which applies it on the fly.)
 template <typename Derived>
 double clip_grad_norm(const Eigen::MatrixBase<Derived>& gradients, double max_norm) {
   using Scalar = typename Derived::Scalar;
   // Eigen's idiom for writing through a temporary map or block argument.
   Eigen::MatrixBase<Derived>& grads = const_cast<Eigen::MatrixBase<Derived>&>(gradients);
-  // Sum of squares in double, in chunks (vectorised within a chunk, fixed order overall).
-  constexpr Index kChunk = 4096;
-  double sum = 0;
-  for (Index begin = 0; begin < grads.size(); begin += kChunk) {
-    const Index n = std::min(kChunk, grads.size() - begin);
-    sum += grads.segment(begin, n).template cast<double>().squaredNorm();
-  }
-  const double norm = std::sqrt(sum);
-  if (max_norm > 0) {
-    const double coef = max_norm / (norm + 1e-6);
-    if (coef < 1) grads *= Scalar(coef);
+  const double norm = grad_norm(grads);
+  const double coef = clip_coefficient(norm, max_norm);
+  if (coef < 1) {
+    constexpr Index kChunk = 4096;
+    const Scalar c = Scalar(coef);
+#pragma omp parallel for schedule(static) if (grads.size() > 16 * kChunk)
+    for (Index begin = 0; begin < grads.size(); begin += kChunk)
+      grads.segment(begin, std::min(kChunk, grads.size() - begin)) *= c;
   }
   return norm;
 }

@@ -218,13 +218,13 @@ class Trainer {
     loader_.next(x_, y_);
     double loss = double(model_.forward_backward(x_, y_));
     if (reduce_) loss = reduce_(loss);
-    const double norm = clip_grad_norm(model_.gradients(), opt_.grad_clip);
+    const double norm = grad_norm(model_.gradients());
     const double lr = schedule_.at(state_.step);
     if (!std::isfinite(loss) || !std::isfinite(norm)) {
       loader_.restore(rng_before, drawn_before);  // the batch is drawn again by a retry
       diverged(loss, norm, lr);
     }
-    adam_.step(model_, lr);
+    adam_.step(model_, lr, clip_coefficient(norm, opt_.grad_clip));  // clips on the fly
     ++state_.step;
     const double sec = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     return StepReport{state_.step, loss, lr, norm, sec, double(opt_.batch * T_) / sec};
