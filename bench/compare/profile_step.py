@@ -34,11 +34,12 @@ CATEGORIES = [
     ("LayerNorm", r"layernorm"),
     ("GELU", r"gelu"),
     ("cross-entropy", r"cross_entropy"),
-    ("AdamW and gradient clipping", r"adamw|AdamW|clip_grad"),
+    ("AdamW and gradient clipping", r"adamw|AdamW|clip_grad|grad_norm"),
     ("benchmark setup (model construction, initialisation)",
      r"GPT<float>::GPT|init_parameters|Rng|__cos|__sin|__log|normal"),
     ("zeroing, copies, bias broadcasts, residual adds",
-     r"memset|memcpy|memmove|dense_assignment|linear_forward|linear_backward|embedding|clear_page"),
+     r"memset|memcpy|memmove|dense_assignment|linear_forward|linear_backward|broadcast_bias"
+     r"|add_column_sums|embedding|clear_page"),
     ("OpenMP runtime (fork/join, barriers, spinning)", r"gomp|GOMP|omp_"),
 ]
 
