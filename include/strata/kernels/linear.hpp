@@ -17,11 +17,8 @@ inline void check_linear(const char* fn, Index out_rows, Index out_cols, Index i
   check_shape(fn, "weight", w_rows, w_cols, w_rows, inp_cols);
   check_shape(fn, out_name, out_rows, out_cols, inp_rows, w_rows);
 }
-}  // namespace detail
 
-/// out = inp weight^T + bias.  out [N, OC], inp [N, IC], weight [OC, IC], bias [OC].
-namespace detail {
-/// Rows above which the row passes below split their rows between threads: below it a pass is a
+/// Elements above which the row passes below split their work between threads: below it a pass is a
 /// few microseconds, less than waking the team.
 inline constexpr Index kRowPassParallelSize = 65536;
 
@@ -59,6 +56,7 @@ void add_column_sums(VectorRef<Scalar>& sums, ConstMatrixRef<Scalar> m) {
 }
 }  // namespace detail
 
+/// out = inp weight^T + bias.  out [N, OC], inp [N, IC], weight [OC, IC], bias [OC].
 template <typename Scalar>
 void linear_forward(MatrixRef<Scalar> out, ConstMatrixRef<Scalar> inp,
                     ConstMatrixRef<Scalar> weight, ConstVectorRef<Scalar> bias) {
