@@ -175,13 +175,16 @@ inline int gemm_threads() { return Eigen::nbThreads(); }
 // Synchronous signals from a fault (SIGSEGV, SIGFPE) are not held back by the kernel and still
 // end the program as usual.
 #if defined(__unix__)
+/// Blocks every signal on the calling thread; the mask before goes to *saved when given.
+inline void block_all_signals(sigset_t* saved) {
+  sigset_t all;
+  sigfillset(&all);
+  pthread_sigmask(SIG_BLOCK, &all, saved);
+}
+
 class SignalsHeld {
  public:
-  SignalsHeld() {
-    sigset_t all;
-    sigfillset(&all);
-    pthread_sigmask(SIG_BLOCK, &all, &saved_);
-  }
+  SignalsHeld() { block_all_signals(&saved_); }
   ~SignalsHeld() { pthread_sigmask(SIG_SETMASK, &saved_, nullptr); }
   SignalsHeld(const SignalsHeld&) = delete;
   SignalsHeld& operator=(const SignalsHeld&) = delete;
@@ -197,11 +200,7 @@ inline void hold_signals_in_openmp_workers() {
   const int threads = omp_get_max_threads();
   if (threads <= held_for) return;
 #pragma omp parallel num_threads(threads)
-  if (omp_get_thread_num() != 0) {
-    sigset_t all;
-    sigfillset(&all);
-    pthread_sigmask(SIG_BLOCK, &all, nullptr);
-  }
+  if (omp_get_thread_num() != 0) block_all_signals(nullptr);
   held_for = threads;
 #endif
 }
