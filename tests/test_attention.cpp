@@ -3,7 +3,9 @@
 // finite differences, accumulation, causality, source mass, errors, threads and no-allocation.
 
 #include <cmath>
+#include <cstring>
 #include <functional>
+#include <limits>
 #include <string>
 #include <vector>
 
@@ -352,6 +354,45 @@ void check_finite_differences(const Shape& sh, const std::vector<Index>& T, cons
     check(k.c_str(), bufs[i].k.data(), bufs[i].dk.data(), bufs[i].k.rows(), sh.W(), sh.W());
     check(v.c_str(), bufs[i].v.data(), bufs[i].dv.data(), bufs[i].v.rows(), sh.W(), sh.W());
   }
+}
+
+// exp_rows_masked exponentiates only each row's visible keys, up to the end of the packet that
+// holds the last of them. Every value must be bit for bit what the whole row's exp followed by the
+// mask gives (the kernel's results do not depend on where the diagonal crosses a tile), for masked
+// scores of -inf (the forward pass) and of any size (the backward pass recomputes real scores).
+template <typename S>
+void check_visible_prefix_exp() {
+  using Tile = strata::detail::ScoreTile<S>;
+  Rng rng(29);
+  long tiles = 0;
+  for (Index tq : {Index(1), Index(3), Index(17), Index(64)})
+    for (Index tk = 1; tk <= strata::detail::kAttentionTile; ++tk)
+      for (Index diag = -tq - 1; diag <= tk + 1; ++diag)
+        for (bool minus_inf : {true, false}) {
+          Tile P(tq, tk);
+          strata::detail::TileColumn<S> shift(tq);
+          for (Index r = 0; r < tq; ++r) {
+            shift(r) = S(3 * rng.normal());
+            for (Index j = 0; j < tk; ++j) P(r, j) = S(40 * rng.normal());
+          }
+          if (minus_inf) strata::detail::causal_mask(P, diag, -std::numeric_limits<S>::infinity());
+          Tile expected = P;
+          const S c = S(0.3);
+          for (Index r = 0; r < tq; ++r)
+            expected.row(r).array() = (c * expected.row(r).array() - shift(r)).exp();
+          strata::detail::causal_mask(expected, diag, S(0));
+          strata::detail::exp_rows_masked(P, c, shift, diag);
+          ASSERT_EQ(std::memcmp(P.data(), expected.data(), sizeof(S) * size_t(tq * tk)), 0)
+              << "tile " << tq << " x " << tk << ", diagonal at " << diag
+              << (minus_inf ? ", masked scores -inf" : ", masked scores finite");
+          ++tiles;
+        }
+  EXPECT_GT(tiles, 20000);
+}
+
+TEST(AttentionTiles, VisiblePrefixExpIsBitForBitTheWholeRowsExp) {
+  check_visible_prefix_exp<float>();
+  check_visible_prefix_exp<double>();
 }
 
 TEST(AttentionGradcheck, MultiSourceFiniteDifferences) {

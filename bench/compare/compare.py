@@ -7,7 +7,9 @@ Benchmark programs (bench_model: train / forward / generate; bench_kernels: atte
 the tuned environment (OpenBLAS, ATen's AVX-512 kernels where the CPU has them, malloc tunables),
 with BOTH sides on the same OpenBLAS core type (--blas-core: by default the widest the CPU's flags
 allow, SkylakeX or Haswell, set as OPENBLAS_CORETYPE on each benchmark command alone; the core
-each side reported is printed; --strata-as-found adds strata under the environment as found),
+each side reported is printed; --strata-as-found adds strata under the environment as found;
+--isa avx2 holds both sides to AVX2 + FMA, for an AVX-512 machine standing in for an AVX2-only
+one),
 (d) alternates strata and PyTorch over --rounds rounds and takes medians, and (e) prints a table:
 time and tokens/s of each, the ratio, strata's model FLOP/s as a share of the measured ceiling,
 the time of each plan relative to standard, and the project's targets.
@@ -16,6 +18,7 @@ the time of each plan relative to standard, and the project's targets.
     /usr/bin/python3 bench/compare/compare.py --what train --config tiny --plans standard --rounds 1
     /usr/bin/python3 bench/compare/compare.py --out docs/results/speed.md --json out/speed.json
     /usr/bin/python3 bench/compare/compare.py --check               # do the PyTorch models match?
+    /usr/bin/python3 bench/compare/compare.py --isa avx2 --build-dir build-avx2  # as on AVX2 only
 
 FLOPs (../shared/perf's convention, as bench_common.hpp): a training step is 6 N tokens + 12 L T C
 tokens with N the parameters without the position table (the tied head is counted once, in wte);
@@ -118,11 +121,15 @@ def fma_program(build_dir, cache):
     return exe
 
 
-def measure_ceiling(exe, threads):
-    out = subprocess.run([exe, "--threads", ",".join(map(str, threads)), "--widest-only"],
-                         capture_output=True, text=True, check=True).stdout
-    data = json.loads(out)
-    isa = data["widest_isa"]
+def measure_ceiling(exe, threads, want="native"):
+    """The widest ISA's ceiling (the program is built with -march=native), or with want "avx2"
+    the AVX2 one, which the program measures beside the widest."""
+    cmd = [exe, "--threads", ",".join(map(str, threads))] + (
+        ["--widest-only"] if want != "avx2" else [])
+    data = json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout)
+    isa = data["widest_isa"] if want != "avx2" else "avx2"
+    if isa not in data["gflops"]:
+        die(f"{exe} did not measure an {isa} ceiling (is this CPU without AVX2 and FMA?)")
     per = data["gflops"][isa]
     return dict(isa=isa, threading=data["threading"], raw=data,
                 gflops={int(t): v["median"] for t, v in per.items()},
@@ -164,29 +171,39 @@ def openblas_dir(cache):
     return os.path.dirname(found[0]), "unpacked in " + os.path.join(cache, "openblas")
 
 
-def blas_core_for_cpu():
+def blas_core_for_cpu(isa="native"):
     """OpenBLAS's widest kernels this CPU runs, from its flags: SkylakeX (AVX-512), Haswell
-    (AVX2 + FMA), or None (leave OpenBLAS to choose)."""
+    (AVX2 + FMA), or None (leave OpenBLAS to choose). isa "avx2": as on an AVX2-only CPU."""
     flags = cpu_flags()
-    if "avx512f" in flags:
+    if "avx512f" in flags and isa != "avx2":
         return "SkylakeX"
     if "avx2" in flags and "fma" in flags:
         return "Haswell"
     return None
 
 
-def strata_env(core):
+# --isa avx2: what each side is told so that no AVX-512 instruction runs in its products or
+# kernels, as on an AVX2-only CPU (AMD Zen 2, Intel Haswell to Comet Lake). strata's own code is
+# held to AVX2 by its build (-march=haswell, checked from the benchmarks' context).
+AVX2_ONLY = {"ONEDNN_MAX_CPU_ISA": "AVX2", "DNNL_MAX_CPU_ISA": "AVX2"}
+
+
+def strata_env(core, isa="native"):
     """The environment of one strata benchmark command: the environment as found, with
-    OPENBLAS_CORETYPE set to `core` for this command alone (None: as found)."""
+    OPENBLAS_CORETYPE set to `core` for this command alone (None: as found), and with isa
+    "avx2" oneDNN held to AVX2."""
     env = dict(os.environ)
     if core:
         env["OPENBLAS_CORETYPE"] = core
+    if isa == "avx2":
+        env.update(AVX2_ONLY)
     return env
 
 
-def torch_env(mode, cache, threads, core=None):
+def torch_env(mode, cache, threads, core=None, isa="native"):
     """The environment of the PyTorch process only (nothing is set globally); `core` is the
-    OpenBLAS core type both sides get (blas_core_for_cpu())."""
+    OpenBLAS core type both sides get (blas_core_for_cpu()); isa "avx2" holds ATen's kernels
+    and its oneDNN to AVX2."""
     env = dict(os.environ)
     env["OMP_NUM_THREADS"] = str(threads)
     note = "as Debian ships it (whatever libblas.so.3 the system's alternatives select)"
@@ -199,13 +216,21 @@ def torch_env(mode, cache, threads, core=None):
         if core:
             env["OPENBLAS_CORETYPE"] = core
             parts.append("OPENBLAS_CORETYPE=" + core)
-        if "avx512f" in cpu_flags():
+        if isa == "avx2":
+            env["ATEN_CPU_CAPABILITY"] = "avx2"
+            env.update(AVX2_ONLY)
+            parts += ["ATEN_CPU_CAPABILITY=avx2"] + [f"{k}={v}" for k, v in AVX2_ONLY.items()]
+        elif "avx512f" in cpu_flags():
             env["ATEN_CPU_CAPABILITY"] = "avx512"
             parts.append("ATEN_CPU_CAPABILITY=avx512")
         note = "tuned: " + ", ".join(parts)
     else:
         for k in ("OPENBLAS_CORETYPE", "ATEN_CPU_CAPABILITY", "GLIBC_TUNABLES"):
             env.pop(k, None)
+        if isa == "avx2":
+            env["ATEN_CPU_CAPABILITY"] = "avx2"
+            env.update(AVX2_ONLY)
+            note += "; held to AVX2: ATEN_CPU_CAPABILITY=avx2, ONEDNN_MAX_CPU_ISA=AVX2"
     return env, note
 
 
@@ -251,6 +276,14 @@ def run_strata(a, threads, work, env=None):
             out[key] = dict(ms=ms, params=b.get("params"), cache_bytes=b.get("cache_bytes"),
                             iterations=b.get("iterations"))
     return out
+
+
+def check_isa(a, result):
+    """--isa avx2: stop at the first strata run if its build uses AVX-512 after all."""
+    simd = result.get("_context", {}).get("eigen_simd", "")
+    if a.isa == "avx2" and "AVX512" in simd:
+        die(f"--isa avx2: {a.build_dir} was built with AVX-512 (Eigen reports '{simd}'); build "
+            "it with -DSTRATA_NATIVE=OFF -DCMAKE_CXX_FLAGS=-march=haswell")
 
 
 def run_torch(a, threads, work, env):
@@ -453,6 +486,12 @@ def markdown(a, rows, meta):
     lines = []
     lines.append(f"strata against PyTorch, {meta['date']}, {meta['cpu']} "
                  f"({meta['cpus']} CPUs)\n")
+    if meta.get("isa") == "avx2":
+        lines.append("- **AVX2-only emulation**: both sides held to AVX2 + FMA on this CPU "
+                     "(strata built with -march=haswell, OpenBLAS Haswell kernels, oneDNN "
+                     "ONEDNN_MAX_CPU_ISA=AVX2, ATen ATEN_CPU_CAPABILITY=avx2; the ceiling is the "
+                     "AVX2 FMA ceiling). The instruction mix of an AVX2-only CPU, not its caches, "
+                     "clocks or memory")
     ce = meta["ceiling"]
     lines.append("- FMA ceiling (fp32, %s, measured on the spot, median of samples): %s" % (
         ce["isa"], ", ".join(f"{v:.0f} GFLOP/s on {t} thread{'s' if t > 1 else ''}"
@@ -545,6 +584,12 @@ def main():
                          "benchmark command alone: auto = the widest the CPU's flags allow "
                          "(SkylakeX with AVX-512, Haswell with AVX2), a core name, or "
                          "'environment' = whatever the environment says, for both")
+    ap.add_argument("--isa", choices=["native", "avx2"], default="native",
+                    help="native: each side at the CPU's full width; avx2: both sides held to "
+                         "AVX2 + FMA as on an AVX2-only CPU (OpenBLAS Haswell, "
+                         "ONEDNN_MAX_CPU_ISA=AVX2, ATEN_CPU_CAPABILITY=avx2, the AVX2 FMA "
+                         "ceiling), for an AVX-512 machine standing in for one; --build-dir "
+                         "must then be a -march=haswell build (STRATA_NATIVE=OFF)")
     ap.add_argument("--strata-as-found", action="store_true",
                     help="also run strata under the environment as found (its OPENBLAS_CORETYPE "
                          "untouched) and show that in a second table")
@@ -582,7 +627,7 @@ def main():
         die("no python3 with torch")
 
     if a.blas_core == "auto":
-        a.core = blas_core_for_cpu()
+        a.core = blas_core_for_cpu(a.isa)
     elif a.blas_core == "environment":
         a.core = os.environ.get("OPENBLAS_CORETYPE") or None
     else:
@@ -591,16 +636,16 @@ def main():
     log(f"compare: OpenBLAS core type for both sides: {a.core or 'OpenBLAS chooses'} "
         f"(environment as found: OPENBLAS_CORETYPE={found_core})")
     if a.check:
-        env, _ = torch_env(a.torch_env, a.cache_dir, max(a.threads), a.core)
+        env, _ = torch_env(a.torch_env, a.cache_dir, max(a.threads), a.core, a.isa)
         sys.exit(0 if run_checks(a, env) else 1)
 
     start = time.time()
     load_before = loadavg()
     log("compare: measuring the FMA ceiling ...")
-    ceiling = measure_ceiling(fma_program(a.build_dir, a.cache_dir), a.threads)
+    ceiling = measure_ceiling(fma_program(a.build_dir, a.cache_dir), a.threads, a.isa)
     log("compare: FMA ceiling (%s): %s GFLOP/s" % (ceiling["isa"], ", ".join(
         f"{t} thread(s) {v:.0f}" for t, v in sorted(ceiling["gflops"].items()))))
-    envs = {t: torch_env(a.torch_env, a.cache_dir, t, a.core) for t in a.threads}
+    envs = {t: torch_env(a.torch_env, a.cache_dir, t, a.core, a.isa) for t in a.threads}
     strata = {t: [] for t in a.threads}
     strata_found = {t: [] for t in a.threads}
     torch = {t: [] for t in a.threads}
@@ -618,7 +663,8 @@ def main():
                         time.sleep(a.settle)
                         t0 = time.time()
                         if side == "strata":
-                            strata[t].append(run_strata(a, t, work, strata_env(a.core)))
+                            strata[t].append(run_strata(a, t, work, strata_env(a.core, a.isa)))
+                            check_isa(a, strata[t][-1])
                             if a.strata_as_found:
                                 strata_found[t].append(run_strata(a, t, work, dict(os.environ)))
                         else:
@@ -639,7 +685,7 @@ def main():
                 strata_blas=linked_blas(os.path.join(a.build_dir, "bench", "bench_model")),
                 torch=any_torch.get("_torch", "?"), torch_blas=any_torch.get("_blas", "?"),
                 torch_env=envs[a.threads[0]][1], blas_core=a.core or "OpenBLAS chooses",
-                found_core=found_core, rounds=a.rounds, threads=a.threads,
+                found_core=found_core, isa=a.isa, rounds=a.rounds, threads=a.threads,
                 load_before=load_before, load_after=loadavg(),
                 minutes=(time.time() - start) / 60, ceiling=ceiling)
     rows = build_rows(a, strata, torch, ceiling)
