@@ -402,6 +402,31 @@ TYPED_TEST(LayerNormTest, BackwardAccumulates) {
   EXPECT_REL_CLOSE(db, (pre_db + fresh_db).eval(), kTol<S>);
 }
 
+// InputGrad::overwrite writes dinp without reading it (NaN there must not leak through) and gives
+// the bits of accumulating into zeros; the parameter gradients still accumulate.
+TYPED_TEST(LayerNormTest, BackwardOverwritesTheInputGradient) {
+  using S = TypeParam;
+  Rng rng(206);
+  const Index N = 7, C = 70;
+  const Matrix<S> inp = st::random_matrix<S>(N, C, rng, 3.0);
+  const Vector<S> weight = ln_weight<S>(C, rng), bias = st::random_vector<S>(C, rng);
+  Matrix<S> out(N, C);
+  Vector<S> mean(N), rstd(N);
+  strata::layernorm_forward<S>(out, mean, rstd, inp, weight, bias);
+  const Matrix<S> dout = st::random_matrix<S>(N, C, rng);
+  const Vector<S> pre_dw = st::random_vector<S>(C, rng), pre_db = st::random_vector<S>(C, rng);
+  Matrix<S> from_zero = zeros<S>(N, C);
+  Vector<S> dw_a = pre_dw, db_a = pre_db;
+  strata::layernorm_backward<S>(from_zero, dw_a, db_a, dout, inp, mean, rstd, weight);
+  Matrix<S> dinp = Matrix<S>::Constant(N, C, std::numeric_limits<S>::quiet_NaN());
+  Vector<S> dw_o = pre_dw, db_o = pre_db;
+  strata::layernorm_backward<S>(dinp, dw_o, db_o, dout, inp, mean, rstd, weight,
+                                strata::InputGrad::overwrite);
+  EXPECT_TRUE(st::bit_equal(dinp, from_zero));
+  EXPECT_TRUE(st::bit_equal(dw_o, dw_a));
+  EXPECT_TRUE(st::bit_equal(db_o, db_a));
+}
+
 TYPED_TEST(LayerNormTest, BackwardIsDeterministicAcrossThreadCounts) {
   using S = TypeParam;
   ThreadCountGuard guard;
@@ -1050,6 +1075,24 @@ TYPED_TEST(CrossEntropyTest, BackwardAccumulates) {
   Matrix<S> dlogits = pre;
   strata::cross_entropy_backward<S>(dlogits, logits, lse, targets, S(1) / S(N));
   EXPECT_REL_CLOSE(dlogits, (pre + fresh).eval(), kTol<S>);
+}
+
+// InputGrad::overwrite writes dlogits without reading it and gives the bits of accumulating into
+// zeros (the model's backward pass no longer zeroes dlogits first).
+TYPED_TEST(CrossEntropyTest, BackwardOverwritesTheLogitGradient) {
+  using S = TypeParam;
+  Rng rng(504);
+  const Index B = 3, T = 5, V = 40, N = B * T;
+  const Matrix<S> logits = st::random_matrix<S>(N, V, rng, 4.0);
+  const TokenMatrix targets = st::random_tokens(B, T, V, rng);
+  Vector<S> losses(N), lse(N);
+  strata::cross_entropy_forward<S>(losses, lse, logits, targets);
+  Matrix<S> from_zero = zeros<S>(N, V);
+  strata::cross_entropy_backward<S>(from_zero, logits, lse, targets, S(1) / S(N));
+  Matrix<S> dlogits = Matrix<S>::Constant(N, V, std::numeric_limits<S>::quiet_NaN());
+  strata::cross_entropy_backward<S>(dlogits, logits, lse, targets, S(1) / S(N),
+                                    strata::InputGrad::overwrite);
+  EXPECT_TRUE(st::bit_equal(dlogits, from_zero));
 }
 
 TYPED_TEST(CrossEntropyTest, UniformLogitsGiveLogV) {

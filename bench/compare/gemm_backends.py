@@ -27,7 +27,8 @@ import subprocess
 import sys
 import time
 
-from compare import blas_core_for_cpu, fma_program, measure_ceiling  # bench/compare/compare.py
+from compare import (AVX2_ONLY, blas_core_for_cpu, fma_program,  # bench/compare/compare.py
+                     measure_ceiling)
 from machine import cpu_model, git_commit, loadavg  # bench/compare/machine.py
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -58,15 +59,16 @@ def libraries():
     return libs
 
 
-def build(libs, outdir):
+def build(libs, outdir, isa):
     cxx = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
     if not cxx:
         die("no C++ compiler (apt-get install g++)")
     os.makedirs(outdir, exist_ok=True)
     exes = {}
     for name, define, flags in libs:
-        exe = os.path.join(outdir, "gemm_" + name)
-        cmd = [cxx, "-std=c++17", "-O3", "-march=native", "-DNDEBUG", "-fopenmp", "-D" + define,
+        exe = os.path.join(outdir, "gemm_" + name + ("_avx2" if isa == "avx2" else ""))
+        march = "-march=haswell" if isa == "avx2" else "-march=native"
+        cmd = [cxx, "-std=c++17", "-O3", march, "-DNDEBUG", "-fopenmp", "-D" + define,
                SRC, "-o", exe] + flags
         print("+ " + " ".join(cmd), file=sys.stderr)
         r = subprocess.run(cmd, capture_output=True, text=True)
@@ -84,18 +86,24 @@ def main():
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--min-time", type=float, default=0.2, help="seconds per timed batch")
     ap.add_argument("--build-dir", default=os.path.join(ROOT, "out", "gemm_backends"))
+    ap.add_argument("--isa", choices=["native", "avx2"], default="native",
+                    help="avx2: every library held to AVX2 + FMA, as on an AVX2-only CPU "
+                         "(Eigen built with -march=haswell, OpenBLAS Haswell, "
+                         "ONEDNN_MAX_CPU_ISA=AVX2; Debian's BLIS runs its haswell kernels "
+                         "everywhere), against the AVX2 "
+                         "FMA ceiling; compare.py --isa avx2's settings")
     ap.add_argument("--out", help="also write the Markdown here")
     a = ap.parse_args()
     threads = [int(t) for t in a.threads.split(",")]
     if any(t < 1 for t in threads):
         die(f"--threads {a.threads}: expected counts >= 1")
-    exes = build(libraries(), a.build_dir)
+    exes = build(libraries(), a.build_dir, a.isa)
     if not exes:
         die("nothing built")
-    core = blas_core_for_cpu()
+    core = blas_core_for_cpu(a.isa)
     load_before = loadavg()
     fma = fma_program(os.path.join(ROOT, "build"), a.build_dir)
-    ceil = measure_ceiling(fma, threads)["gflops"]
+    ceil = measure_ceiling(fma, threads, a.isa)["gflops"]
     t0 = time.time()
     runs = {}  # (lib, threads, model, layer, op) -> [gflops]
     ms = {}
@@ -106,6 +114,8 @@ def main():
                 env = dict(os.environ)
                 if lib == "openblas" and core:
                     env["OPENBLAS_CORETYPE"] = core
+                if a.isa == "avx2":  # (Debian's BLIS 0.9 runs its haswell kernels on AVX-512
+                    env.update(AVX2_ONLY)  # CPUs too: it has no skx configuration)
                 out = subprocess.run([exe, "--threads", str(t), "--min-time", str(a.min_time)],
                                      capture_output=True, text=True, env=env)
                 if out.returncode != 0:
@@ -122,7 +132,11 @@ def main():
     lines = [f"Products of a training step on strata's shapes, {cpu_model()}, "
              f"{time.strftime('%Y-%m-%d %H:%M')}, commit {git_commit()}",
              "",
-             f"- FMA ceiling (fp32, widest ISA, measured on the spot): "
+             ("- **AVX2-only emulation** (--isa avx2): every library held to AVX2 + FMA on "
+              "this CPU; the ceiling is the AVX2 FMA ceiling" if a.isa == "avx2" else
+              "- every library at the CPU's widest SIMD"),
+             f"- FMA ceiling (fp32, {'AVX2' if a.isa == 'avx2' else 'widest ISA'}, measured "
+             f"on the spot): "
              + ", ".join(f"{v:.0f} GFLOP/s on {k} thread(s)" for k, v in sorted(ceil.items())),
              f"- OpenBLAS core: {core or 'as found'} (set for its own command only); "
              f"{a.rounds} round(s), libraries alternating, medians over rounds; each figure is "

@@ -42,11 +42,13 @@ Scalar cross_entropy_forward(VectorRef<Scalar> losses, VectorRef<Scalar> lse,
 }
 
 /// Mirror of cross_entropy_forward for the loss `scale * sum_i losses[i]` (scale = 1/N for the
-/// mean): dlogits[i, j] += scale * (softmax(logits[i])_j - [j == y_i]).
+/// mean): dlogits[i, j] += scale * (softmax(logits[i])_j - [j == y_i]) (= with
+/// InputGrad::overwrite; dlogits' old contents are then not read).
 /// dlogits, logits [N, V]; lse [N]; targets [B, T].
 template <typename Scalar>
 void cross_entropy_backward(MatrixRef<Scalar> dlogits, ConstMatrixRef<Scalar> logits,
-                            ConstVectorRef<Scalar> lse, ConstTokensRef targets, Scalar scale) {
+                            ConstVectorRef<Scalar> lse, ConstTokensRef targets, Scalar scale,
+                            InputGrad dlogits_mode = InputGrad::accumulate) {
   const Index N = logits.rows(), V = logits.cols();
   const char* fn = "cross_entropy_backward";
   detail::check_targets(fn, targets, N, V);
@@ -55,7 +57,10 @@ void cross_entropy_backward(MatrixRef<Scalar> dlogits, ConstMatrixRef<Scalar> lo
   const Index T = targets.cols();
 #pragma omp parallel for schedule(static) if (N * V > 65536)
   for (Index i = 0; i < N; ++i) {
-    dlogits.row(i).array() += scale * (logits.row(i).array() - lse(i)).exp();
+    if (dlogits_mode == InputGrad::overwrite)
+      dlogits.row(i).array() = scale * (logits.row(i).array() - lse(i)).exp();
+    else
+      dlogits.row(i).array() += scale * (logits.row(i).array() - lse(i)).exp();
     dlogits(i, targets(i / T, i % T)) -= scale;
   }
 }

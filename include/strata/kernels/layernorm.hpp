@@ -43,13 +43,16 @@ void layernorm_forward(MatrixRef<Scalar> out, VectorRef<Scalar> mean, VectorRef<
 
 /// Mirror of layernorm_forward. With n = (inp - mean) * rstd and g = dout * weight:
 ///   dbias += sum_rows dout;  dweight += sum_rows dout * n;
-///   dinp  += rstd * (g - mean(g) - n * mean(g * n)).
-/// dinp, dout, inp [N, C]; dweight, dbias, weight [C]; mean, rstd [N].
+///   dinp  += rstd * (g - mean(g) - n * mean(g * n))   (= with InputGrad::overwrite; dinp's old
+///                                                      contents are then not read).
+/// dinp, dout, inp [N, C]; dweight, dbias, weight [C]; mean, rstd [N]. The parameter gradients
+/// always accumulate. With overwrite, dinp may not alias dout.
 template <typename Scalar>
 void layernorm_backward(MatrixRef<Scalar> dinp, VectorRef<Scalar> dweight, VectorRef<Scalar> dbias,
                         ConstMatrixRef<Scalar> dout, ConstMatrixRef<Scalar> inp,
                         ConstVectorRef<Scalar> mean, ConstVectorRef<Scalar> rstd,
-                        ConstVectorRef<Scalar> weight) {
+                        ConstVectorRef<Scalar> weight,
+                        InputGrad dinp_mode = InputGrad::accumulate) {
   const Index N = inp.rows(), C = inp.cols();
   const char* fn = "layernorm_backward";
   detail::check_shape(fn, "dinp", dinp.rows(), dinp.cols(), N, C);
@@ -66,7 +69,10 @@ void layernorm_backward(MatrixRef<Scalar> dinp, VectorRef<Scalar> dweight, Vecto
     const auto g = dout.row(i).array() * w;
     const Scalar g_mean = g.sum() / Scalar(C);
     const Scalar gn_mean = (g * n).sum() / Scalar(C);
-    dinp.row(i).array() += rstd(i) * (g - g_mean - n * gn_mean);
+    if (dinp_mode == InputGrad::overwrite)
+      dinp.row(i).array() = rstd(i) * (g - g_mean - n * gn_mean);
+    else
+      dinp.row(i).array() += rstd(i) * (g - g_mean - n * gn_mean);
   }
   // The parameter gradients are sums over rows. Each thread owns a range of columns and sums its
   // rows in order, so the result does not depend on the thread count or on scheduling.

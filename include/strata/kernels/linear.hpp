@@ -35,6 +35,13 @@ void broadcast_bias(MatrixRef<Scalar>& out, ConstVectorRef<Scalar> bias,
   }
 }
 
+/// m = 0, rows split between threads (a gradient buffer that several passes add to).
+template <typename Scalar>
+void set_zero(MatrixRef<Scalar> m) {
+#pragma omp parallel for schedule(static) if (m.size() > kRowPassParallelSize)
+  for (Index i = 0; i < m.rows(); ++i) m.row(i).setZero();
+}
+
 /// sums += the column sums of m. Each column is summed over the rows in order, in its own
 /// accumulator, and only then added to sums: the result does not depend on the thread count.
 /// Columns go to threads in fixed blocks of kColumnBlock, each summed in one pass down the rows

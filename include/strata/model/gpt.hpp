@@ -4,6 +4,7 @@
 // where each head's keys and values come from and which feature maps exist.
 #pragma once
 
+#include <algorithm>
 #include <functional>
 #include <memory>
 #include <string>
@@ -106,7 +107,14 @@ class GPT {
     }
   }
 
-  void zero_grad() { grads_.setZero(); }
+  /// Sets the gradient arena to zero, in blocks split between threads.
+  void zero_grad() {
+    constexpr Index kBlock = 65536;
+    const Index n = grads_.size(), blocks = (n + kBlock - 1) / kBlock;
+#pragma omp parallel for schedule(static) if (blocks > 1)
+    for (Index b = 0; b < blocks; ++b)
+      grads_.segment(b * kBlock, std::min(kBlock, n - b * kBlock)).setZero();
+  }
 
   /// Logits of every position, [B*T, V] (row b*T + t), for tokens [B, T] with T <= context.
   const Matrix<Scalar>& forward(ConstTokensRef tokens) {
@@ -459,16 +467,16 @@ template <typename Scalar>
 void GPT<Scalar>::run_backward(Workspace<Scalar>& ws, ConstTokensRef tokens,
                                ConstTokensRef targets) {
   const Index B = ws.B, N = ws.B * ws.T, C = cfg_.n_embd, L = cfg_.n_layer;
-  ws.dlogits.setZero();
-  cross_entropy_backward<Scalar>(ws.dlogits, ws.logits, ws.ce_lse, targets, Scalar(1) / Scalar(N));
+  cross_entropy_backward<Scalar>(ws.dlogits, ws.logits, ws.ce_lse, targets, Scalar(1) / Scalar(N),
+                                 InputGrad::overwrite);
   linear_backward<Scalar>(ws.dln, g_.wte, ws.dlogits, ws.lnf, p_.wte, InputGrad::overwrite);
-  ws.dres.setZero();
   layernorm_backward<Scalar>(ws.dres, g_.lnf_w, g_.lnf_b, ws.dln, ws.layers[size_t(L - 1)].res_out,
-                             ws.lnf_mean, ws.lnf_rstd, p_.lnf_w);
-  for (LayerActs<Scalar>& a : ws.layers) a.dqkv.setZero();
+                             ws.lnf_mean, ws.lnf_rstd, p_.lnf_w, InputGrad::overwrite);
+  // the buffers that several passes add to (skip heads and feature maps write earlier blocks')
+  for (LayerActs<Scalar>& a : ws.layers) detail::set_zero<Scalar>(a.dqkv);
   for (FeatureActs<Scalar>& f : ws.features) {
-    f.dkv.setZero();
-    f.dres.setZero();
+    detail::set_zero<Scalar>(f.dkv);
+    detail::set_zero<Scalar>(f.dres);
   }
 
   for (Index l = L - 1; l >= 0; --l) {
