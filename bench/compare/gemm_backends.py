@@ -89,9 +89,10 @@ def main():
     ap.add_argument("--isa", choices=["native", "avx2"], default="native",
                     help="avx2: every library held to AVX2 + FMA, as on an AVX2-only CPU "
                          "(Eigen built with -march=haswell, OpenBLAS Haswell, "
-                         "ONEDNN_MAX_CPU_ISA=AVX2; Debian's BLIS runs its haswell kernels "
-                         "everywhere), against the AVX2 "
-                         "FMA ceiling; compare.py --isa avx2's settings")
+                         "ONEDNN_MAX_CPU_ISA=AVX2), against the AVX2 FMA ceiling; compare.py "
+                         "--isa avx2's settings. BLIS is not held (Debian's 0.9 has no portable "
+                         "switch; on the Xeon of docs/results it runs its haswell kernels "
+                         "anyway: bli_arch_query_id)")
     ap.add_argument("--out", help="also write the Markdown here")
     a = ap.parse_args()
     threads = [int(t) for t in a.threads.split(",")]
@@ -114,8 +115,8 @@ def main():
                 env = dict(os.environ)
                 if lib == "openblas" and core:
                     env["OPENBLAS_CORETYPE"] = core
-                if a.isa == "avx2":  # (Debian's BLIS 0.9 runs its haswell kernels on AVX-512
-                    env.update(AVX2_ONLY)  # CPUs too: it has no skx configuration)
+                if a.isa == "avx2":
+                    env.update(AVX2_ONLY)
                 out = subprocess.run([exe, "--threads", str(t), "--min-time", str(a.min_time)],
                                      capture_output=True, text=True, env=env)
                 if out.returncode != 0:
@@ -134,7 +135,8 @@ def main():
              "",
              ("- **AVX2-only emulation** (--isa avx2): every library held to AVX2 + FMA on "
               "this CPU; the ceiling is the AVX2 FMA ceiling" if a.isa == "avx2" else
-              "- every library at the CPU's widest SIMD"),
+              "- every library with the kernels it chooses for this CPU (OpenBLAS: the core "
+              "below)"),
              f"- FMA ceiling (fp32, {'AVX2' if a.isa == 'avx2' else 'widest ISA'}, measured "
              f"on the spot): "
              + ", ".join(f"{v:.0f} GFLOP/s on {k} thread(s)" for k, v in sorted(ceil.items())),

@@ -46,7 +46,8 @@ void layernorm_forward(MatrixRef<Scalar> out, VectorRef<Scalar> mean, VectorRef<
 ///   dinp  += rstd * (g - mean(g) - n * mean(g * n))   (= with InputGrad::overwrite; dinp's old
 ///                                                      contents are then not read).
 /// dinp, dout, inp [N, C]; dweight, dbias, weight [C]; mean, rstd [N]. The parameter gradients
-/// always accumulate. With overwrite, dinp may not alias dout.
+/// always accumulate. dinp must not alias dout: the parameter gradients read dout after dinp is
+/// written.
 template <typename Scalar>
 void layernorm_backward(MatrixRef<Scalar> dinp, VectorRef<Scalar> dweight, VectorRef<Scalar> dbias,
                         ConstMatrixRef<Scalar> dout, ConstMatrixRef<Scalar> inp,
