@@ -112,9 +112,11 @@ class AdamW {
 namespace detail {
 /// Sum of the squares of x[begin, begin + n) in double. Element begin + i goes to accumulator
 /// i mod kLanes, each accumulator sums its elements in order, and the accumulators are then added
-/// pairwise (0 += 8, ..., then 0 += 4, ...). Independent accumulators vectorise and do not wait on
-/// the add's latency (one accumulator, Eigen's squaredNorm of a cast, took 9x as long on a Xeon);
-/// the result depends only on the values, not on the thread count or the SIMD width.
+/// pairwise: accumulator j += accumulator j + 8 for j < 8, then j += j + 4 for j < 4, and so on.
+/// Independent accumulators vectorise and do not wait on the add's latency (one accumulator,
+/// Eigen's squaredNorm of a cast, took 9x as long on a Xeon). The order is fixed by the source,
+/// so the result does not depend on the thread count or on how wide the compiler vectorises; like
+/// any floating-point code, it may on whether the build fuses the multiply and the add (FMA).
 template <typename Derived>
 double sum_squares(const Derived& x, Index begin, Index n) {
   constexpr int kLanes = 16;
