@@ -216,21 +216,18 @@ def torch_env(mode, cache, threads, core=None, isa="native"):
         if core:
             env["OPENBLAS_CORETYPE"] = core
             parts.append("OPENBLAS_CORETYPE=" + core)
-        if isa == "avx2":
-            env["ATEN_CPU_CAPABILITY"] = "avx2"
-            env.update(AVX2_ONLY)
-            parts += ["ATEN_CPU_CAPABILITY=avx2"] + [f"{k}={v}" for k, v in AVX2_ONLY.items()]
-        elif "avx512f" in cpu_flags():
+        if "avx512f" in cpu_flags() and isa != "avx2":
             env["ATEN_CPU_CAPABILITY"] = "avx512"
             parts.append("ATEN_CPU_CAPABILITY=avx512")
         note = "tuned: " + ", ".join(parts)
     else:
         for k in ("OPENBLAS_CORETYPE", "ATEN_CPU_CAPABILITY", "GLIBC_TUNABLES"):
             env.pop(k, None)
-        if isa == "avx2":
-            env["ATEN_CPU_CAPABILITY"] = "avx2"
-            env.update(AVX2_ONLY)
-            note += "; held to AVX2: ATEN_CPU_CAPABILITY=avx2, ONEDNN_MAX_CPU_ISA=AVX2"
+    if isa == "avx2":  # either mode
+        env["ATEN_CPU_CAPABILITY"] = "avx2"
+        env.update(AVX2_ONLY)
+        note += "; held to AVX2: ATEN_CPU_CAPABILITY=avx2, " + ", ".join(
+            f"{k}={v}" for k, v in AVX2_ONLY.items())
     return env, note
 
 

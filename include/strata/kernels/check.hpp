@@ -1,4 +1,5 @@
-// strata/kernels/check.hpp: shape validation shared by the public kernels.
+// strata/kernels/check.hpp: shape validation and the threading threshold shared by the public
+// kernels.
 #pragma once
 
 #include <string>
@@ -7,6 +8,10 @@
 #include "../core/types.hpp"
 
 namespace strata::detail {
+
+/// Elements above which a kernel's row passes split their work between threads: below it a pass
+/// is a few microseconds, less than waking the team.
+inline constexpr Index kRowPassParallelSize = 65536;
 
 /// Throws "<fn>: <arg> has shape [r, c], expected [er, ec]" when the shapes differ.
 inline void check_shape(const char* fn, const char* arg, Index rows, Index cols,

@@ -28,7 +28,7 @@ Scalar cross_entropy_forward(VectorRef<Scalar> losses, VectorRef<Scalar> lse,
   detail::check_size(fn, "losses", losses.size(), N);
   detail::check_size(fn, "lse", lse.size(), N);
   const Index T = targets.cols();
-#pragma omp parallel for schedule(static) if (N * V > 65536)
+#pragma omp parallel for schedule(static) if (N * V > detail::kRowPassParallelSize)
   for (Index i = 0; i < N; ++i) {
     const auto row = logits.row(i).array();
     const Scalar m = row.maxCoeff();
@@ -55,7 +55,7 @@ void cross_entropy_backward(MatrixRef<Scalar> dlogits, ConstMatrixRef<Scalar> lo
   detail::check_shape(fn, "dlogits", dlogits.rows(), dlogits.cols(), N, V);
   detail::check_size(fn, "lse", lse.size(), N);
   const Index T = targets.cols();
-#pragma omp parallel for schedule(static) if (N * V > 65536)
+#pragma omp parallel for schedule(static) if (N * V > detail::kRowPassParallelSize)
   for (Index i = 0; i < N; ++i) {
     if (dlogits_mode == InputGrad::overwrite)
       dlogits.row(i).array() = scale * (logits.row(i).array() - lse(i)).exp();

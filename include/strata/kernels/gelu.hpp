@@ -21,7 +21,7 @@ template <typename Scalar>
 void gelu_forward(MatrixRef<Scalar> out, ConstMatrixRef<Scalar> inp) {
   detail::check_shape("gelu_forward", "out", out.rows(), out.cols(), inp.rows(), inp.cols());
   const Scalar k = detail::gelu_scale<Scalar>, a = detail::gelu_cubic<Scalar>;
-#pragma omp parallel for schedule(static) if (inp.size() > 65536)
+#pragma omp parallel for schedule(static) if (inp.size() > detail::kRowPassParallelSize)
   for (Index i = 0; i < inp.rows(); ++i) {
     const auto x = inp.row(i).array();
     out.row(i).array() = Scalar(0.5) * x * (Scalar(1) + (k * (x + a * x.cube())).tanh());
@@ -40,7 +40,7 @@ void bias_gelu_forward(MatrixRef<Scalar> out, MatrixRef<Scalar> pre, ConstVector
   detail::check_shape("bias_gelu_forward", "out", out.rows(), out.cols(), pre.rows(), pre.cols());
   detail::check_size("bias_gelu_forward", "bias", bias.size(), pre.cols());
   const Scalar k = detail::gelu_scale<Scalar>, a = detail::gelu_cubic<Scalar>;
-#pragma omp parallel for schedule(static) if (pre.size() > 65536)
+#pragma omp parallel for schedule(static) if (pre.size() > detail::kRowPassParallelSize)
   for (Index i = 0; i < pre.rows(); ++i) {
     pre.row(i) += bias.transpose();
     const auto x = pre.row(i).array();
@@ -62,7 +62,7 @@ void gelu_backward(MatrixRef<Scalar> dinp, ConstMatrixRef<Scalar> dout, ConstMat
   // the stack (evaluating a whole dynamic row would allocate on the heap once per row and step).
   constexpr Index kChunk = 64;
   using Chunk = Eigen::Array<Scalar, 1, Eigen::Dynamic, Eigen::RowMajor, 1, kChunk>;
-#pragma omp parallel for schedule(static) if (inp.size() > 65536)
+#pragma omp parallel for schedule(static) if (inp.size() > detail::kRowPassParallelSize)
   for (Index i = 0; i < inp.rows(); ++i) {
     for (Index j0 = 0; j0 < inp.cols(); j0 += kChunk) {
       const Index w = std::min(kChunk, inp.cols() - j0);

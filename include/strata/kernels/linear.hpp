@@ -18,10 +18,6 @@ inline void check_linear(const char* fn, Index out_rows, Index out_cols, Index i
   check_shape(fn, out_name, out_rows, out_cols, inp_rows, w_rows);
 }
 
-/// Elements above which the row passes below split their work between threads: below it a pass is a
-/// few microseconds, less than waking the team.
-inline constexpr Index kRowPassParallelSize = 65536;
-
 /// out.row(i) = bias^T [+ residual.row(i)] for every row, rows split between threads.
 template <typename Scalar>
 void broadcast_bias(MatrixRef<Scalar>& out, ConstVectorRef<Scalar> bias,
