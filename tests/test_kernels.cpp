@@ -663,6 +663,32 @@ TYPED_TEST(LinearTest, BackwardOverwritesTheInputGradient) {
   }
 }
 
+// A weight gradient with many rows and a large result: in a oneDNN build its product runs as a
+// sum of products of depth 512, accumulated in turn (two whole pieces and a short one here); it
+// must still add dout^T inp to what dweight held, with or without the bias.
+TYPED_TEST(LinearTest, LongWeightGradientAccumulatesInPieces) {
+  using S = TypeParam;
+  Rng rng(307);
+  const Index N = 1100, IC = 520, OC = 512;  // OC * IC = 266240 >= kDnnlSplitArea
+#if defined(STRATA_USE_DNNL)
+  static_assert(OC * IC >= strata::detail::kDnnlSplitArea
+                && N > 2 * strata::detail::kDnnlDepthChunk);
+#endif
+  const Matrix<S> inp = st::random_matrix<S>(N, IC, rng),
+                  weight = st::random_matrix<S>(OC, IC, rng, 0.5),
+                  dout = st::random_matrix<S>(N, OC, rng);
+  const Matrix<S> pre_dw = st::random_matrix<S>(OC, IC, rng);
+  const Matrix<double> want =
+      pre_dw.template cast<double>()
+      + dout.template cast<double>().transpose() * inp.template cast<double>();
+  Matrix<S> dinp(N, IC), dw = pre_dw, dw_nb = pre_dw;
+  Vector<S> db = zeros<S>(OC);
+  strata::linear_backward<S>(dinp, dw, db, dout, inp, weight, strata::InputGrad::overwrite);
+  strata::linear_backward<S>(dinp, dw_nb, dout, inp, weight, strata::InputGrad::overwrite);
+  EXPECT_REL_CLOSE(dw.template cast<double>().eval(), want, kTol<S>);
+  EXPECT_TRUE(st::bit_equal(dw_nb, dw));
+}
+
 // The row passes of the linear layer (bias broadcast, residual add, bias gradient) split rows or
 // columns between threads above a size: threaded, they must compute what one thread computes, bit
 // for bit, and what the plain expressions and the reference compute. (The products around them
