@@ -449,10 +449,11 @@ TYPED_TEST(LayerNormTest, BackwardIsDeterministicAcrossThreadCounts) {
     strata::layernorm_backward<S>(g.dinp, g.dweight, g.dbias, dout, inp, mean, rstd, weight);
     return g;
   };
-  const auto one = run(1), two = run(2), two_again = run(2), one_again = run(1);
+  const auto one = run(1), two = run(2), two_again = run(2), three = run(3), one_again = run(1);
   const std::pair<const char*, const ref::LayerNormGrads<S>*> runs[] = {
       {"2 threads", &two},
       {"2 threads, second run", &two_again},
+      {"3 threads", &three},
       {"1 thread, second run", &one_again}};
   for (const auto& [name, g] : runs) {
     EXPECT_TRUE(bitwise_equal(g->dinp, one.dinp)) << name << " vs 1 thread: dinp";

@@ -7,6 +7,10 @@
 #include "../core/types.hpp"
 #include "check.hpp"
 
+#if defined(_OPENMP)
+#include <omp.h>
+#endif
+
 namespace strata {
 
 /// LayerNorm's epsilon (PyTorch's and GPT-2's default).
@@ -75,17 +79,37 @@ void layernorm_backward(MatrixRef<Scalar> dinp, VectorRef<Scalar> dweight, Vecto
     else
       dinp.row(i).array() += rstd(i) * (g - g_mean - n * gn_mean);
   }
-  // The parameter gradients are sums over rows. Each thread owns a range of columns and sums its
-  // rows in order, so the result does not depend on the thread count or on scheduling.
-  constexpr Index kColumns = 16;
-#pragma omp parallel for schedule(static) if (N * C > 32768)
-  for (Index c0 = 0; c0 < C; c0 += kColumns) {
-    const Index w_cols = std::min(kColumns, C - c0);
+  // The parameter gradients are sums over rows, each column summed in row order onto its old
+  // value. Threads own contiguous ranges of whole 16-column groups and sweep every row over their
+  // range, so dout and inp are read in memory order (a sweep down 16-column strips instead re-read
+  // every row's cache lines once per strip: 2-4x the time). A full group is always computed with
+  // the same fixed-size 16-wide operations and the partial last group always as the last range's,
+  // so the result does not depend on the thread count, bit for bit.
+  constexpr Index kGroup = 16;
+  const Index groups = (C + kGroup - 1) / kGroup;
+  Index parts = 1;
+#if defined(_OPENMP)
+  if (N * C > 32768) parts = std::min<Index>(groups, omp_get_max_threads());
+#endif
+#pragma omp parallel for schedule(static) if (parts > 1)
+  for (Index part = 0; part < parts; ++part) {
+    const Index c0 = groups * part / parts * kGroup;
+    const Index c1 = std::min(C, groups * (part + 1) / parts * kGroup);
     for (Index i = 0; i < N; ++i) {
-      const auto dy = dout.row(i).segment(c0, w_cols).array();
-      const auto n = (inp.row(i).segment(c0, w_cols).array() - mean(i)) * rstd(i);
-      dbias.segment(c0, w_cols).array() += dy.transpose();
-      dweight.segment(c0, w_cols).array() += (dy * n).transpose();
+      const Scalar m = mean(i), s = rstd(i);
+      Index c = c0;
+      for (; c + kGroup <= c1; c += kGroup) {
+        const auto dy = dout.row(i).template segment<kGroup>(c).array();
+        const auto n = (inp.row(i).template segment<kGroup>(c).array() - m) * s;
+        dbias.template segment<kGroup>(c).array() += dy.transpose();
+        dweight.template segment<kGroup>(c).array() += (dy * n).transpose();
+      }
+      if (c < c1) {  // the last group, narrower than kGroup
+        const auto dy = dout.row(i).segment(c, c1 - c).array();
+        const auto n = (inp.row(i).segment(c, c1 - c).array() - m) * s;
+        dbias.segment(c, c1 - c).array() += dy.transpose();
+        dweight.segment(c, c1 - c).array() += (dy * n).transpose();
+      }
     }
   }
 }
