@@ -710,7 +710,7 @@ TYPED_TEST(LinearTest, BiasPassesAreDeterministicAcrossThreadCounts) {
   const Matrix<S> want_res = residual.rowwise() + bias.transpose();
   const Vector<S> want_db = pre_db + ref::linear_backward(dout, inp, weight).dbias;
   Vector<S> first_db;
-  for (const int threads : {1, 2}) {
+  for (const int threads : {1, 2, 3}) {
     SCOPED_TRACE(::testing::Message() << threads << " thread(s)");
     strata::set_num_threads(threads);
     Matrix<S> out(N, OC), out_res(N, OC);

@@ -2,16 +2,43 @@
 // kernels.
 #pragma once
 
+#include <algorithm>
 #include <string>
+#include <utility>
 
 #include "../core/error.hpp"
 #include "../core/types.hpp"
+
+#if defined(_OPENMP)
+#include <omp.h>
+#endif
 
 namespace strata::detail {
 
 /// Elements above which a kernel's row passes split their work between threads: below it a pass
 /// is a few microseconds, less than waking the team.
 inline constexpr Index kRowPassParallelSize = 65536;
+
+/// Column passes (sums over rows, one per column) deal `cols` columns out to threads in contiguous
+/// ranges of whole groups of kColumnGroup, and each thread sweeps every row across its range in
+/// memory order. column_parts is how many ranges (one per thread when `parallel`, else 1) and
+/// column_range the columns [first, last) of range `part`.
+inline constexpr Index kColumnGroup = 16;
+inline Index column_parts(Index cols, bool parallel) {
+  const Index groups = (cols + kColumnGroup - 1) / kColumnGroup;
+  Index threads = 1;
+#if defined(_OPENMP)
+  if (parallel) threads = omp_get_max_threads();
+#else
+  (void)parallel;
+#endif
+  return std::min(groups, threads);
+}
+inline std::pair<Index, Index> column_range(Index cols, Index part, Index parts) {
+  const Index groups = (cols + kColumnGroup - 1) / kColumnGroup;
+  return {groups * part / parts * kColumnGroup,
+          std::min(cols, groups * (part + 1) / parts * kColumnGroup)};
+}
 
 /// Throws "<fn>: <arg> has shape [r, c], expected [er, ec]" when the shapes differ.
 inline void check_shape(const char* fn, const char* arg, Index rows, Index cols,

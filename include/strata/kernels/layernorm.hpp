@@ -7,10 +7,6 @@
 #include "../core/types.hpp"
 #include "check.hpp"
 
-#if defined(_OPENMP)
-#include <omp.h>
-#endif
-
 namespace strata {
 
 /// LayerNorm's epsilon (PyTorch's and GPT-2's default).
@@ -85,16 +81,11 @@ void layernorm_backward(MatrixRef<Scalar> dinp, VectorRef<Scalar> dweight, Vecto
   // every row's cache lines once per strip: 2-4x the time). A full group is always computed with
   // the same fixed-size 16-wide operations and the partial last group always as the last range's,
   // so the result does not depend on the thread count, bit for bit.
-  constexpr Index kGroup = 16;
-  const Index groups = (C + kGroup - 1) / kGroup;
-  Index parts = 1;
-#if defined(_OPENMP)
-  if (N * C > 32768) parts = std::min<Index>(groups, omp_get_max_threads());
-#endif
+  constexpr Index kGroup = detail::kColumnGroup;
+  const Index parts = detail::column_parts(C, N * C > 32768);
 #pragma omp parallel for schedule(static) if (parts > 1)
   for (Index part = 0; part < parts; ++part) {
-    const Index c0 = groups * part / parts * kGroup;
-    const Index c1 = std::min(C, groups * (part + 1) / parts * kGroup);
+    const auto [c0, c1] = detail::column_range(C, part, parts);
     for (Index i = 0; i < N; ++i) {
       const Scalar m = mean(i), s = rstd(i);
       Index c = c0;

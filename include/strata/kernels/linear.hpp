@@ -38,23 +38,23 @@ void set_zero(MatrixRef<Scalar> m) {
   for (Index i = 0; i < m.rows(); ++i) m.row(i).setZero();
 }
 
-/// sums += the column sums of m. Each column is summed over the rows in order, in its own
-/// accumulator, and only then added to sums: the result does not depend on the thread count.
-/// Columns go to threads in fixed blocks of kColumnBlock, each summed in one pass down the rows
-/// (a row segment of the block is contiguous; the accumulator stays in L1).
+/// sums += the column sums of m, one row after another: each column's sum is sums(c) + m(0, c) +
+/// m(1, c) + ... in that order, whatever the thread count. Threads own ranges of whole column
+/// groups (column_range) and sweep the rows across them in memory order, 16 columns at a time.
 template <typename Scalar>
 void add_column_sums(VectorRef<Scalar>& sums, ConstMatrixRef<Scalar> m) {
-  constexpr Index kColumnBlock = 128;
-  using Accumulator = Eigen::Array<Scalar, 1, Eigen::Dynamic, Eigen::RowMajor, 1, kColumnBlock>;
+  constexpr Index kGroup = kColumnGroup;
   const Index rows = m.rows(), cols = m.cols();
-  if (rows == 0) return;
-  const Index blocks = (cols + kColumnBlock - 1) / kColumnBlock;
-#pragma omp parallel for schedule(static) if (m.size() > kRowPassParallelSize && blocks > 1)
-  for (Index b = 0; b < blocks; ++b) {
-    const Index c0 = b * kColumnBlock, w = std::min(kColumnBlock, cols - c0);
-    Accumulator acc = m.row(0).segment(c0, w).array();
-    for (Index i = 1; i < rows; ++i) acc += m.row(i).segment(c0, w).array();
-    sums.segment(c0, w).array() += acc.transpose();
+  const Index parts = column_parts(cols, m.size() > kRowPassParallelSize);
+#pragma omp parallel for schedule(static) if (parts > 1)
+  for (Index part = 0; part < parts; ++part) {
+    const auto [c0, c1] = column_range(cols, part, parts);
+    for (Index i = 0; i < rows; ++i) {
+      Index c = c0;
+      for (; c + kGroup <= c1; c += kGroup)
+        sums.template segment<kGroup>(c) += m.row(i).template segment<kGroup>(c).transpose();
+      if (c < c1) sums.segment(c, c1 - c) += m.row(i).segment(c, c1 - c).transpose();
+    }
   }
 }
 }  // namespace detail
