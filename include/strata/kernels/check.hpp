@@ -1,5 +1,5 @@
-// strata/kernels/check.hpp: shape validation and the threading threshold shared by the public
-// kernels.
+// strata/kernels/check.hpp: shape validation, the threading threshold and the column split
+// shared by the public kernels.
 #pragma once
 
 #include <algorithm>
@@ -21,8 +21,8 @@ inline constexpr Index kRowPassParallelSize = 65536;
 
 /// Column passes (sums over rows, one per column) deal `cols` columns out to threads in contiguous
 /// ranges of whole groups of kColumnGroup, and each thread sweeps every row across its range in
-/// memory order. column_parts is how many ranges (one per thread when `parallel`, else 1) and
-/// column_range the columns [first, last) of range `part`.
+/// memory order. column_parts is how many ranges (one per thread when `parallel`, else 1, and
+/// never more than there are groups) and column_range the columns [first, last) of range `part`.
 inline constexpr Index kColumnGroup = 16;
 inline Index column_parts(Index cols, bool parallel) {
   const Index groups = (cols + kColumnGroup - 1) / kColumnGroup;

@@ -208,8 +208,8 @@ inline void hold_signals_in_openmp_workers() {
 
 /// The depth of the pieces a long weight-gradient product is split into, and the smallest result
 /// (m n) for which it is (see product).
-constexpr Index kDnnlDepthChunk = 512;
-constexpr Index kDnnlSplitArea = 256 * 1024;
+inline constexpr Index kDnnlDepthChunk = 512;
+inline constexpr Index kDnnlSplitArea = 256 * 1024;
 
 /// C (+)= A B through oneDNN: row-major C [m, n]; A [m, k] and B [k, n] row-major or, with
 /// `a_transposed` / `b_transposed`, stored as their row-major transposes. beta 1 accumulates.
@@ -249,8 +249,9 @@ void product(Dst& dst, const Lhs& lhs, const Rhs& rhs) {
       const Index lda = lhs.outerStride(), ldb = rhs.outerStride();
       // A weight gradient (dY^T X: the lhs transposed, a long k over the batch's rows) with a
       // large result runs as a sum of products of depth kDnnlDepthChunk, each accumulated onto
-      // dst in order: oneDNN 2.6 keeps the whole depth in its blocks there and reaches 10-15%
-      // fewer FLOP/s on small's fc and fcproj weight gradients (AVX-512; AVX2 no worse).
+      // dst in order: measured on a Xeon, oneDNN 2.6 took 1.07-1.17x the time for small's fc
+      // and fcproj weight gradients as one product of depth 2048 (AVX-512 code; AVX2 code gains
+      // less, and no product of other shapes gained).
       const bool split = !lhs_row_major && k >= 2 * kDnnlDepthChunk && m * n >= kDnnlSplitArea;
       const Index depth = split ? kDnnlDepthChunk : k;
       for (Index k0 = 0; k0 < k; k0 += depth) {
