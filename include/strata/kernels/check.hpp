@@ -6,6 +6,8 @@
 #include <string>
 #include <utility>
 
+#include <Eigen/Core>
+
 #include "../core/error.hpp"
 #include "../core/types.hpp"
 
@@ -22,7 +24,12 @@ inline constexpr Index kRowPassParallelSize = 65536;
 /// Column passes (sums over rows, one per column) deal `cols` columns out to threads in contiguous
 /// ranges of whole groups of kColumnGroup, and each thread sweeps every row across its range in
 /// memory order. column_parts is how many ranges (one per thread when `parallel`, else 1, and
-/// never more than there are groups) and column_range the columns [first, last) of range `part`.
+/// never more than there are groups), column_range the columns [first, last) of range `part`, and
+/// for_column_groups(first, last, f) calls f(c, w) for each group [c, c + w) of a range: a full
+/// group with w = Eigen::fix<kColumnGroup>, so that f's segment(c, w) are fixed-size and a group
+/// is computed with the same instructions whatever range it falls in; the partial last group, with
+/// w an Index, is always the last range's. What f adds to a column is then the same on any thread
+/// count, bit for bit.
 inline constexpr Index kColumnGroup = 16;
 inline Index column_parts(Index cols, bool parallel) {
   const Index groups = (cols + kColumnGroup - 1) / kColumnGroup;
@@ -38,6 +45,12 @@ inline std::pair<Index, Index> column_range(Index cols, Index part, Index parts)
   const Index groups = (cols + kColumnGroup - 1) / kColumnGroup;
   return {groups * part / parts * kColumnGroup,
           std::min(cols, groups * (part + 1) / parts * kColumnGroup)};
+}
+template <typename F>
+void for_column_groups(Index first, Index last, F&& f) {
+  Index c = first;
+  for (; c + kColumnGroup <= last; c += kColumnGroup) f(c, Eigen::fix<kColumnGroup>);
+  if (c < last) f(c, last - c);
 }
 
 /// Throws "<fn>: <arg> has shape [r, c], expected [er, ec]" when the shapes differ.

@@ -76,31 +76,22 @@ void layernorm_backward(MatrixRef<Scalar> dinp, VectorRef<Scalar> dweight, Vecto
       dinp.row(i).array() += rstd(i) * (g - g_mean - n * gn_mean);
   }
   // The parameter gradients are sums over rows, each column summed in row order onto its old
-  // value. Threads own contiguous ranges of whole 16-column groups and sweep every row over their
+  // value. Threads own contiguous ranges of whole column groups and sweep every row over their
   // range, so dout and inp are read in memory order (sweeps down 16-column strips re-read every
-  // row's cache lines once per strip: 3.5x the time, a one-file timing). A full group is always
-  // computed with the same fixed-size 16-wide operations and the partial last group always as the
-  // last range's, so the result does not depend on the thread count, bit for bit.
-  constexpr Index kGroup = detail::kColumnGroup;
+  // row's cache lines once per strip: 3.5x the time, a one-file timing), with the same bits on any
+  // thread count (for_column_groups).
   const Index parts = detail::column_parts(C, N * C > 32768);
 #pragma omp parallel for schedule(static) if (parts > 1)
   for (Index part = 0; part < parts; ++part) {
     const auto [c0, c1] = detail::column_range(C, part, parts);
     for (Index i = 0; i < N; ++i) {
       const Scalar m = mean(i), s = rstd(i);
-      Index c = c0;
-      for (; c + kGroup <= c1; c += kGroup) {
-        const auto dy = dout.row(i).template segment<kGroup>(c).array();
-        const auto n = (inp.row(i).template segment<kGroup>(c).array() - m) * s;
-        dbias.template segment<kGroup>(c).array() += dy.transpose();
-        dweight.template segment<kGroup>(c).array() += (dy * n).transpose();
-      }
-      if (c < c1) {  // the last group, narrower than kGroup
-        const auto dy = dout.row(i).segment(c, c1 - c).array();
-        const auto n = (inp.row(i).segment(c, c1 - c).array() - m) * s;
-        dbias.segment(c, c1 - c).array() += dy.transpose();
-        dweight.segment(c, c1 - c).array() += (dy * n).transpose();
-      }
+      detail::for_column_groups(c0, c1, [&](Index c, auto w) {
+        const auto dy = dout.row(i).segment(c, w).array();
+        const auto n = (inp.row(i).segment(c, w).array() - m) * s;
+        dbias.segment(c, w).array() += dy.transpose();
+        dweight.segment(c, w).array() += (dy * n).transpose();
+      });
     }
   }
 }

@@ -40,21 +40,18 @@ void set_zero(MatrixRef<Scalar> m) {
 
 /// sums += the column sums of m, one row after another: each column's sum is sums(c) + m(0, c) +
 /// m(1, c) + ... in that order, whatever the thread count. Threads own ranges of whole column
-/// groups (column_range) and sweep the rows across them in memory order, 16 columns at a time.
+/// groups (column_range) and sweep the rows across them in memory order (for_column_groups).
 template <typename Scalar>
 void add_column_sums(VectorRef<Scalar>& sums, ConstMatrixRef<Scalar> m) {
-  constexpr Index kGroup = kColumnGroup;
   const Index rows = m.rows(), cols = m.cols();
   const Index parts = column_parts(cols, m.size() > kRowPassParallelSize);
 #pragma omp parallel for schedule(static) if (parts > 1)
   for (Index part = 0; part < parts; ++part) {
     const auto [c0, c1] = column_range(cols, part, parts);
-    for (Index i = 0; i < rows; ++i) {
-      Index c = c0;
-      for (; c + kGroup <= c1; c += kGroup)
-        sums.template segment<kGroup>(c) += m.row(i).template segment<kGroup>(c).transpose();
-      if (c < c1) sums.segment(c, c1 - c) += m.row(i).segment(c, c1 - c).transpose();
-    }
+    for (Index i = 0; i < rows; ++i)
+      for_column_groups(c0, c1, [&](Index c, auto w) {
+        sums.segment(c, w) += m.row(i).segment(c, w).transpose();
+      });
   }
 }
 }  // namespace detail
